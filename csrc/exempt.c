@@ -1,0 +1,123 @@
+#include "exempt.h"
+
+#include <errno.h>
+#include <grp.h>
+#include <pwd.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+struct user_groups {
+    gid_t *gids;
+    int count;
+};
+
+static int load_groups(const char *user, struct user_groups *groups, struct pu_failure *why)
+{
+    struct passwd pw, *found = NULL;
+    char buf[4096];
+    int count = 32;
+    int err = getpwnam_r(user, &pw, buf, sizeof buf, &found);
+
+    if (found == NULL) {
+        why->step = "looking up the user for group exemptions";
+        why->err = err ? err : ENOENT;
+        return -1;
+    }
+    for (;;) {
+        gid_t *gids = calloc((size_t)count, sizeof *gids);
+        int want = count;
+        if (gids == NULL) {
+            why->step = "allocating the user's group list";
+            why->err = ENOMEM;
+            return -1;
+        }
+        if (getgrouplist(user, pw.pw_gid, gids, &want) >= 0) {
+            groups->gids = gids;
+            groups->count = want;
+            return 0;
+        }
+        free(gids);
+        if (want <= count || want > 65536) {
+            why->step = "looking up the user's groups";
+            why->err = EOVERFLOW;
+            return -1;
+        }
+        count = want;
+    }
+}
+
+/* 1 with *GID set when group NAME exists, 0 when it does not, -1 with errno when the lookup
+ * itself failed (large groups need a large buffer: grow it rather than miss the group). */
+static int lookup_gid(const char *name, gid_t *gid)
+{
+    for (size_t size = 16384; size <= (16u << 20); size *= 4) {
+        struct group gr, *found = NULL;
+        char *buf = malloc(size);
+        int err;
+        if (buf == NULL)
+            return -1;
+        err = getgrnam_r(name, &gr, buf, size, &found);
+        if (found)
+            *gid = gr.gr_gid;
+        free(buf);
+        if (err == ERANGE)
+            continue;
+        if (err != 0 && err != ENOENT && err != ESRCH) {
+            errno = err;
+            return -1;
+        }
+        return found != NULL;
+    }
+    errno = ERANGE;
+    return -1;
+}
+
+/* 1 when the user is in any group named in LIST, 0 when in none (a name that is no group matches
+ * nobody), -1 with *WHY set when a lookup failed. */
+static int member_of_any(const struct user_groups *groups, const char *list,
+                         struct pu_failure *why)
+{
+    char name[PU_NAME_MAX + 1];
+
+    while ((list = pu_list_next(list, name, sizeof name)) != NULL) {
+        gid_t gid;
+        int known = lookup_gid(name, &gid);
+        if (known < 0) {
+            why->step = "looking up a group named in the options";
+            why->err = errno;
+            return -1;
+        }
+        for (int i = 0; known && i < groups->count; i++) {
+            if (groups->gids[i] == gid)
+                return 1;
+        }
+    }
+    return 0;
+}
+
+int pu_user_exempt(const struct pu_options *opts, const char *user, int *exempt,
+                   struct pu_failure *why)
+{
+    struct user_groups groups = {NULL, 0};
+    int in_exempt = 0, in_only = 0, rc = -1;
+
+    *exempt = 0;
+    if (pu_name_in_list(opts->exempt_users, user)) {
+        *exempt = 1;
+        return 0;
+    }
+    if (opts->exempt_groups == NULL && opts->only_groups == NULL)
+        return 0;
+    if (load_groups(user, &groups, why) < 0)
+        return -1;
+    if (opts->exempt_groups && (in_exempt = member_of_any(&groups, opts->exempt_groups, why)) < 0)
+        goto out;
+    if (opts->only_groups && (in_only = member_of_any(&groups, opts->only_groups, why)) < 0)
+        goto out;
+    *exempt = in_exempt == 1 || (opts->only_groups && in_only == 0);
+    rc = 0;
+out:
+    free(groups.gids);
+    return rc;
+}

@@ -1,0 +1,280 @@
+/* The session's PID 1, built without libc so that it costs a few pages per session.
+ *
+ * The module starts it with:
+ *   fd 3  the read end of the lifeline; it reaches EOF when the session is closed or its caller
+ *         died (the caller holds the only write end)
+ *   fd 4  the ready pipe; one byte on it tells the module that PID 1 runs
+ *   argv[1] "linger" or "kill": what to do once the lifeline is gone
+ *
+ * Checklist, in the order it runs:
+ *   1. name itself, refuse ptrace by the session's user, block every signal
+ *   2. receive SIGCHLD through a signalfd (PID 1 ignores signals it has no handler for, and a
+ *      handler would need a restorer; a blocked, queued signal needs neither)
+ *   3. say ready
+ *   4. loop, blocked in poll(): reap every exited child; once the lifeline is gone, exit at once
+ *      ("kill") or when no live process is left in the namespace ("linger"). Processes that are
+ *      not our children (the caller's own children, whose parent lives outside) are watched
+ *      through pidfds, so the exit is noticed without polling.
+ * Its exit makes the kernel kill whatever is left in the namespace. */
+
+#include <asm/unistd.h>
+#include <linux/fcntl.h>
+#include <linux/poll.h>
+#include <linux/prctl.h>
+#include <linux/signal.h>
+#include <linux/signalfd.h>
+#include <linux/types.h>
+#include <linux/wait.h>
+
+#define LIFELINE_FD 3
+#define READY_FD 4
+#define MAX_WATCHED 32
+#define EAGAIN_ 11
+#define EINTR_ 4
+
+struct linux_dirent64 {
+    __u64 d_ino;
+    __s64 d_off;
+    unsigned short d_reclen;
+    unsigned char d_type;
+    char d_name[];
+};
+
+#if defined(__x86_64__)
+__asm__(".text\n"
+        ".global _start\n"
+        "_start:\n"
+        "  xor %rbp, %rbp\n"
+        "  mov %rsp, %rdi\n"
+        "  and $-16, %rsp\n"
+        "  call init_main\n"
+        "  hlt\n");
+
+static long syscall6(long n, long a, long b, long c, long d, long e, long f)
+{
+    register long r10 __asm__("r10") = d;
+    register long r8 __asm__("r8") = e;
+    register long r9 __asm__("r9") = f;
+    long ret;
+    __asm__ volatile("syscall"
+                     : "=a"(ret)
+                     : "a"(n), "D"(a), "S"(b), "d"(c), "r"(r10), "r"(r8), "r"(r9)
+                     : "rcx", "r11", "memory");
+    return ret;
+}
+#elif defined(__aarch64__)
+__asm__(".text\n"
+        ".global _start\n"
+        "_start:\n"
+        "  mov x29, #0\n"
+        "  mov x30, #0\n"
+        "  mov x0, sp\n"
+        "  and sp, x0, #-16\n"
+        "  bl init_main\n"
+        "  brk #0\n");
+
+static long syscall6(long n, long a, long b, long c, long d, long e, long f)
+{
+    register long x8 __asm__("x8") = n;
+    register long x0 __asm__("x0") = a;
+    register long x1 __asm__("x1") = b;
+    register long x2 __asm__("x2") = c;
+    register long x3 __asm__("x3") = d;
+    register long x4 __asm__("x4") = e;
+    register long x5 __asm__("x5") = f;
+    __asm__ volatile("svc #0"
+                     : "+r"(x0)
+                     : "r"(x8), "r"(x1), "r"(x2), "r"(x3), "r"(x4), "r"(x5)
+                     : "memory");
+    return x0;
+}
+#else
+#error "pam_unshare-init: unsupported architecture"
+#endif
+
+#define sys0(n) syscall6(n, 0, 0, 0, 0, 0, 0)
+#define sys1(n, a) syscall6(n, (long)(a), 0, 0, 0, 0, 0)
+#define sys2(n, a, b) syscall6(n, (long)(a), (long)(b), 0, 0, 0, 0)
+#define sys3(n, a, b, c) syscall6(n, (long)(a), (long)(b), (long)(c), 0, 0, 0)
+#define sys4(n, a, b, c, d) syscall6(n, (long)(a), (long)(b), (long)(c), (long)(d), 0, 0)
+
+#ifndef __NR_pidfd_open
+#define __NR_pidfd_open 434
+#endif
+
+__attribute__((noreturn)) static void exit_now(int status)
+{
+    for (;;)
+        sys1(__NR_exit_group, status);
+}
+
+static int same_text(const char *a, const char *b)
+{
+    while (*a && *a == *b) {
+        a++;
+        b++;
+    }
+    return *a == *b;
+}
+
+/* Parses a /proc entry name; 0 for anything that is not a process. */
+static long pid_of_name(const char *name)
+{
+    long pid = 0;
+    if (*name == '\0')
+        return 0;
+    for (; *name; name++) {
+        if (*name < '0' || *name > '9' || pid > 100000000)
+            return 0;
+        pid = pid * 10 + (*name - '0');
+    }
+    return pid;
+}
+
+static void reap_children(void)
+{
+    /* __WALL: children started with clone() and any exit signal count too. */
+    while (sys4(__NR_wait4, -1, 0, WNOHANG | __WALL, 0) > 0)
+        ;
+}
+
+static void drain(int fd, char *buf, unsigned long size)
+{
+    long n;
+    do {
+        n = sys3(__NR_read, fd, buf, size);
+    } while (n > 0 || n == -EINTR_);
+}
+
+static void close_all(int *fds, int count)
+{
+    for (int i = 0; i < count; i++)
+        sys1(__NR_close, fds[i]);
+}
+
+/* Counts the live processes in this PID namespace other than ourselves and watches up to
+ * MAX_WATCHED of them through pidfds (stored in WATCHED, count in *N_WATCHED). A process that
+ * has exited but not yet been reaped by its parent outside the namespace is not live: its pidfd
+ * is readable at once. Returns -1 when /proc cannot be read. */
+static long scan_namespace(int *watched, int *n_watched)
+{
+    char buf[4096] __attribute__((aligned(8)));
+    long live = 0;
+    long dir = sys4(__NR_openat, AT_FDCWD, "/proc", O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0);
+
+    *n_watched = 0;
+    if (dir < 0)
+        return -1;
+    for (;;) {
+        long got = sys3(__NR_getdents64, dir, buf, sizeof buf);
+        if (got <= 0)
+            break;
+        for (long off = 0; off < got;) {
+            struct linux_dirent64 *entry = (struct linux_dirent64 *)(buf + off);
+            long pid = pid_of_name(entry->d_name);
+            off += entry->d_reclen;
+            if (pid <= 1)
+                continue;
+            long pidfd = sys2(__NR_pidfd_open, pid, 0);
+            if (pidfd < 0)
+                continue;
+            struct pollfd probe = {.fd = (int)pidfd, .events = POLLIN};
+            if (sys3(__NR_poll, &probe, 1, 0) == 0) {
+                live++;
+                if (*n_watched < MAX_WATCHED) {
+                    watched[(*n_watched)++] = (int)pidfd;
+                    continue;
+                }
+            }
+            sys1(__NR_close, pidfd);
+        }
+    }
+    sys1(__NR_close, dir);
+    return live;
+}
+
+long init_main(long *stack);
+
+long init_main(long *stack)
+{
+    long argc = stack[0];
+    char **argv = (char **)(stack + 1);
+    int linger = !(argc > 1 && same_text(argv[1], "kill"));
+    int lifeline_open = 1;
+    unsigned long all_signals = ~0UL;
+    unsigned long sigchld = 1UL << (SIGCHLD - 1);
+    char buf[sizeof(struct signalfd_siginfo) * 4];
+    int watched[MAX_WATCHED];
+    int n_watched = 0;
+
+    sys2(__NR_prctl, PR_SET_NAME, "pam_unshare");
+    /* Root-owned and not dumpable: the session's user can neither ptrace nor read us. */
+    sys2(__NR_prctl, PR_SET_DUMPABLE, 0);
+    sys4(__NR_rt_sigprocmask, SIG_SETMASK, &all_signals, 0, sizeof all_signals);
+    long sigfd = sys4(__NR_signalfd4, -1, &sigchld, sizeof sigchld, O_NONBLOCK | O_CLOEXEC);
+    if (sigfd < 0)
+        exit_now(1);
+    if (sys3(__NR_write, READY_FD, "R", 1) != 1)
+        exit_now(1);
+    sys1(__NR_close, READY_FD);
+
+    for (;;) {
+        struct pollfd fds[2 + MAX_WATCHED];
+        int nfds = 0;
+
+        drain((int)sigfd, buf, sizeof buf);
+        reap_children();
+        close_all(watched, n_watched);
+        n_watched = 0;
+        if (!lifeline_open) {
+            if (!linger)
+                exit_now(0);
+            /* Two empty scans in a row: a process forked while the first scan was reading the
+             * directory may have been listed before the scan reached its slot. */
+            long live = scan_namespace(watched, &n_watched);
+            if (live == 0) {
+                live = scan_namespace(watched, &n_watched);
+                if (live == 0)
+                    exit_now(0);
+            }
+            if (live < 0)
+                exit_now(2);
+        }
+        fds[nfds++] = (struct pollfd){.fd = (int)sigfd, .events = POLLIN};
+        if (lifeline_open)
+            fds[nfds++] = (struct pollfd){.fd = LIFELINE_FD, .events = POLLIN};
+        for (int i = 0; i < n_watched; i++)
+            fds[nfds++] = (struct pollfd){.fd = watched[i], .events = POLLIN};
+        long ready = sys3(__NR_poll, fds, nfds, -1);
+        if (ready < 0 && ready != -EINTR_)
+            exit_now(3);
+        if (lifeline_open && fds[1].revents) {
+            long n = sys3(__NR_read, LIFELINE_FD, buf, sizeof buf);
+            if (n == 0 || (n < 0 && n != -EAGAIN_ && n != -EINTR_)) {
+                lifeline_open = 0;
+                sys1(__NR_close, LIFELINE_FD);
+            }
+        }
+    }
+}
+
+/* The compiler may emit calls to these for struct copies even in a freestanding build. */
+void *memset(void *dest, int c, unsigned long n);
+void *memcpy(void *dest, const void *src, unsigned long n);
+
+void *memset(void *dest, int c, unsigned long n)
+{
+    unsigned char *d = dest;
+    while (n--)
+        *d++ = (unsigned char)c;
+    return dest;
+}
+
+void *memcpy(void *dest, const void *src, unsigned long n)
+{
+    unsigned char *d = dest;
+    const unsigned char *s = src;
+    while (n--)
+        *d++ = *s++;
+    return dest;
+}

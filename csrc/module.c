@@ -1,0 +1,142 @@
+/* The PAM entry points: each a short list of steps. */
+#define PAM_SM_SESSION
+
+#include <errno.h>
+#include <security/pam_ext.h>
+#include <security/pam_modules.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "exempt.h"
+#include "log.h"
+#include "namespace.h"
+#include "options.h"
+
+static const char SESSION_DATA[] = "pam_unshare_session";
+
+static void parse_options(pam_handle_t *pamh, struct pu_options *opts, int argc, const char **argv,
+                          int report_rejected)
+{
+    pu_options_init(opts);
+    for (int i = 0; i < argc; i++) {
+        const char *why = pu_option_apply(opts, argv[i]);
+        if (why && report_rejected)
+            pam_syslog(pamh, LOG_ERR, "ignoring option \"%s\": %s (its safe default stays)",
+                       argv[i], why);
+    }
+}
+
+/* One line saying what failed and why; then the onerr policy decides. PAM_SYSTEM_ERR, not
+ * PAM_SESSION_ERR: sudo runs the command anyway after PAM_SESSION_ERR. */
+static int session_failed(pam_handle_t *pamh, const struct pu_options *opts, const char *user,
+                          const struct pu_failure *why)
+{
+    errno = why->err;
+    if (opts->onerr == PU_ONERR_SUCCEED) {
+        pam_syslog(pamh, LOG_ERR,
+                   "%s failed for user %s: %m; session continues without a namespace "
+                   "(onerr=succeed)",
+                   why->step, user ? user : "(unknown)");
+        return PAM_SUCCESS;
+    }
+    pam_syslog(pamh, LOG_ERR, "%s failed for user %s: %m; refusing the session", why->step,
+               user ? user : "(unknown)");
+    return PAM_SYSTEM_ERR;
+}
+
+static void free_session(pam_handle_t *pamh, void *data, int error_status)
+{
+    (void)pamh;
+    (void)error_status;
+    pu_session_release(data);
+    free(data);
+}
+
+static struct pu_session *open_session_of(pam_handle_t *pamh)
+{
+    const void *data = NULL;
+    if (pam_get_data(pamh, SESSION_DATA, &data) != PAM_SUCCESS)
+        return NULL;
+    return (struct pu_session *)data;
+}
+
+PAM_EXTERN int pam_sm_open_session(pam_handle_t *pamh, int flags, int argc, const char **argv)
+{
+    struct pu_options opts;
+    struct pu_failure why = {NULL, 0};
+    struct pu_session *session;
+    const void *item = NULL;
+    const char *user;
+    int exempt;
+
+    (void)flags;
+    parse_options(pamh, &opts, argc, argv, 1);
+
+    if (pam_get_item(pamh, PAM_USER, &item) != PAM_SUCCESS || item == NULL ||
+        *(const char *)item == '\0') {
+        why = (struct pu_failure){"reading PAM_USER (no user is set)", EINVAL};
+        return session_failed(pamh, &opts, NULL, &why);
+    }
+    user = item;
+
+    if (pu_user_exempt(&opts, user, &exempt, &why) < 0)
+        return session_failed(pamh, &opts, user, &why);
+    if (exempt) {
+        pu_debug(pamh, &opts, "user %s is exempt: session left as it is", user);
+        return PAM_SUCCESS;
+    }
+
+    if (open_session_of(pamh) != NULL) {
+        why = (struct pu_failure){"opening a second session in one PAM handle", EBUSY};
+        return session_failed(pamh, &opts, user, &why);
+    }
+    session = calloc(1, sizeof *session);
+    if (session == NULL) {
+        why = (struct pu_failure){"allocating the session state", ENOMEM};
+        return session_failed(pamh, &opts, user, &why);
+    }
+    session->pidfd = -1;
+    session->lifeline_fd = -1;
+    /* Registered before the namespaces exist: once the caller has joined them nothing may
+     * fail, and pam_set_data can. */
+    if (pam_set_data(pamh, SESSION_DATA, session, free_session) != PAM_SUCCESS) {
+        free(session);
+        why = (struct pu_failure){"storing the session state (pam_set_data)", ENOMEM};
+        return session_failed(pamh, &opts, user, &why);
+    }
+
+    pu_debug(pamh, &opts, "starting a PID namespace for user %s", user);
+    if (pu_session_start(&opts, session, &why) < 0) {
+        pam_set_data(pamh, SESSION_DATA, NULL, NULL);
+        return session_failed(pamh, &opts, user, &why);
+    }
+    pu_debug(pamh, &opts, "user %s: session init runs as pid %d, /proc mounted, caller joined",
+             user, (int)session->init_pid);
+    return PAM_SUCCESS;
+}
+
+PAM_EXTERN int pam_sm_close_session(pam_handle_t *pamh, int flags, int argc, const char **argv)
+{
+    struct pu_options opts;
+    struct pu_failure why = {NULL, 0};
+    struct pu_session *session;
+    int rc = PAM_SUCCESS;
+
+    (void)flags;
+    parse_options(pamh, &opts, argc, argv, 0);
+    session = open_session_of(pamh);
+    if (session == NULL) {
+        pu_debug(pamh, &opts, "no namespaced session to close");
+        return PAM_SUCCESS;
+    }
+    pu_debug(pamh, &opts, "closing the session of init pid %d (%s)", (int)session->init_pid,
+             session->on_logout == PU_ON_LOGOUT_KILL ? "kill" : "linger");
+    if (pu_session_end(session, &why) < 0) {
+        errno = why.err;
+        pam_syslog(pamh, LOG_ERR, "%s failed at session close: %m", why.step);
+        rc = PAM_SESSION_ERR;
+    }
+    pam_set_data(pamh, SESSION_DATA, NULL, NULL);
+    return rc;
+}

@@ -1,0 +1,47 @@
+"""The few Linux system calls Python's os module lacks before 3.12, with errors as OSError."""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from typing import Optional
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWPID = 0x20000000
+MS_BIND = 0x1000
+MS_REC = 0x4000
+MS_PRIVATE = 1 << 18
+MS_SLAVE = 1 << 19
+MS_SHARED = 1 << 20
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _check(result: int, what: str) -> None:
+    if result != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def unshare(flags: int) -> None:
+    _check(_libc.unshare(ctypes.c_int(flags)), "unshare")
+
+
+def setns(fd: int, nstype: int) -> None:
+    _check(_libc.setns(ctypes.c_int(fd), ctypes.c_int(nstype)), "setns")
+
+
+def mount(source: Optional[str], target: str, fstype: Optional[str], flags: int,
+          data: Optional[str] = None) -> None:
+    def encode(text: Optional[str]) -> Optional[bytes]:
+        return None if text is None else text.encode()
+
+    _check(
+        _libc.mount(encode(source), encode(target), encode(fstype), ctypes.c_ulong(flags),
+                    encode(data)),
+        f"mount {target}",
+    )
+
+
+def bind(source: str, target: str, recursive: bool = False) -> None:
+    mount(source, target, None, MS_BIND | (MS_REC if recursive else 0))
