@@ -87,9 +87,11 @@ PAM_EXTERN int pam_sm_open_session(pam_handle_t *pamh, int flags, int argc, cons
         return PAM_SUCCESS;
     }
 
+    /* A stack that reaches us twice (su-l includes su, both enabled) is already namespaced:
+     * a second namespace would only nest, and refusing would lock users out. */
     if (open_session_of(pamh) != NULL) {
-        why = (struct pu_failure){"opening a second session in one PAM handle", EBUSY};
-        return session_failed(pamh, &opts, user, &why);
+        pu_debug(pamh, &opts, "user %s: session already namespaced by an earlier line", user);
+        return PAM_SUCCESS;
     }
     session = calloc(1, sizeof *session);
     if (session == NULL) {

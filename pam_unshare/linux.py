@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-from typing import Optional
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWPID = 0x20000000
@@ -31,9 +30,9 @@ def setns(fd: int, nstype: int) -> None:
     _check(_libc.setns(ctypes.c_int(fd), ctypes.c_int(nstype)), "setns")
 
 
-def mount(source: Optional[str], target: str, fstype: Optional[str], flags: int,
-          data: Optional[str] = None) -> None:
-    def encode(text: Optional[str]) -> Optional[bytes]:
+def mount(source: str | None, target: str, fstype: str | None, flags: int,
+          data: str | None = None) -> None:
+    def encode(text: str | None) -> bytes | None:
         return None if text is None else text.encode()
 
     _check(

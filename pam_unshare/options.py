@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional, Sequence, Tuple
+from typing import Sequence, Tuple
 
 from pam_unshare._core import ffi, lib
 
@@ -20,9 +20,9 @@ class Options:
     onerr: str
     propagation: str
     on_logout: str
-    exempt_users: Optional[Tuple[str, ...]]
-    exempt_groups: Optional[Tuple[str, ...]]
-    only_groups: Optional[Tuple[str, ...]]
+    exempt_users: Tuple[str, ...] | None
+    exempt_groups: Tuple[str, ...] | None
+    only_groups: Tuple[str, ...] | None
 
 
 @dataclass(frozen=True)
@@ -31,7 +31,7 @@ class Rejection:
     reason: str
 
 
-def _names(pointer: object) -> Optional[Tuple[str, ...]]:
+def _names(pointer: object) -> Tuple[str, ...] | None:
     if pointer == ffi.NULL:
         return None
     text = ffi.string(pointer).decode()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
+from typing import Iterable, Sequence
 
 from pam_unshare import linux, pamd
 
@@ -22,7 +22,7 @@ class Sandbox:
         self.workdir = workdir
         self.pam_dir = workdir / "pam.d"
         self.homes = workdir / "home"
-        self._host_namespace: Optional[int] = None
+        self._host_namespace: int | None = None
 
     def enter(self) -> None:
         """Moves this process into a new private mount namespace with the copies in place."""

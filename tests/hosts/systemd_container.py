@@ -177,10 +177,17 @@ def build_rootfs(
             return final
         # We hold the lock: temp dirs left here belong to interrupted builds.
         for stale in cache_dir.glob(".tmp-rootfs-*"):
-            shutil.rmtree(stale, ignore_errors=True)
+            _remove_tree(stale)
         tmp = Path(tempfile.mkdtemp(prefix=".tmp-rootfs-", dir=cache_dir))
         try:
             argv = [
+                # A private mount namespace: mmdebstrap's root mode mounts /proc, /sys
+                # and /dev nodes below the target; if it dies without cleaning up,
+                # those mounts die with the namespace instead of lingering on the host.
+                "unshare",
+                "--mount",
+                "--propagation=private",
+                "--",
                 "mmdebstrap",
                 f"--variant={VARIANT}",
                 "--include=" + ",".join(packages),
@@ -197,19 +204,43 @@ def build_rootfs(
                 *mirrors,
             ]
             with open(log, "wb") as out:
-                proc = subprocess.run(
-                    argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT
+                proc = subprocess.Popen(
+                    argv,
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                    # The build holds the lock as long as any of its processes lives,
+                    # even if we are killed: no other builder removes a tree in use.
+                    pass_fds=(lock.fileno(),),
                 )
-            if proc.returncode != 0:
+                try:
+                    returncode = proc.wait()
+                except BaseException:  # interrupted: stop apt and dpkg too, not just mmdebstrap
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+                    raise
+            if returncode != 0:
                 raise ContainerError(
-                    f"mmdebstrap failed (rc {proc.returncode}); see {log}:\n" + _tail(log)
+                    f"mmdebstrap failed (rc {returncode}); see {log}:\n" + _tail(log)
                 )
             tmp.chmod(0o755)
             os.rename(tmp, final)
         except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
+            _remove_tree(tmp)
             raise
     return final
+
+
+def _remove_tree(path: Path) -> None:
+    """rm -rf *path*, but never into something mounted below it."""
+    prefix = str(path.resolve()) + "/"
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        mountpoint = line.split()[4].replace("\\040", " ")
+        if mountpoint.startswith(prefix) or mountpoint == prefix[:-1]:
+            raise ContainerError(f"refusing to remove {path}: {mountpoint} is mounted below it")
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def _tail(path: Path, lines: int = 40) -> str:
@@ -546,12 +577,16 @@ class SystemdContainer:
         return self.run(["cat", "--", path], check=True).stdout
 
     def journal(self, unit: str | None = None, *extra: str) -> str:
-        """This boot's journal (all of it, or one unit's), as text."""
-        argv = ["journalctl", "-b", "--no-pager", "-o", "short-precise"]
+        """This boot's journal (all of it, or one unit's), as text; *extra* goes to journalctl."""
+        argv = ["journalctl", "-b", "-q", "--no-pager", "-o", "short-precise"]
         if unit is not None:
             argv += ["-u", unit]
         argv += list(extra)
-        return self.run(argv, check=True).stdout
+        res = self.run(argv)
+        # rc 1 without a message is "no entries matched" (e.g. with --grep).
+        if res.returncode != 0 and (res.returncode != 1 or res.stderr.strip()):
+            raise subprocess.CalledProcessError(res.returncode, argv, res.stdout, res.stderr)
+        return res.stdout
 
     def processes(self) -> Iterator[int]:
         """Host PIDs of every process in the container's PID namespace."""

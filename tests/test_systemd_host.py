@@ -1,0 +1,312 @@
+"""pam_unshare on a host with real systemd as PID 1 (a booted systemd-nspawn container).
+
+On such a host ``/`` is a shared mount and /proc has mounts below it: the two things that broke
+the 2016 sketch (see DESIGN.md). The module goes last in the session stacks of su and sudo, after
+``@include common-session`` (pam_loginuid, pam_systemd), and every entry path must give the user a
+private PID namespace with its own /proc, while the container's and the host's /proc stay intact.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from tests.hosts.fixtures import systemd_container, unavailable  # noqa: F401
+from tests.hosts.systemd_container import SystemdContainer
+
+MODULE_DEST = "/usr/lib/x86_64-linux-gnu/security/pam_unshare.so"
+PAM_LINE = "session required pam_unshare.so"
+SERVICES = ("su", "sudo")
+ALICE = "pu_alice"
+BOB = "pu_bob"
+SUDOERS_DROPIN = "/etc/sudoers.d/pu-test"
+PROBE = "/usr/local/bin/pu-probe"
+# What a session reports; $1 is the container PID of pu_bob's marker process.
+PROBE_SCRIPT = b"""#!/bin/sh
+marker="$1"
+echo "uid=$(id -u)"
+echo "pid1=$(cat /proc/1/comm)"
+echo "self=$(readlink /proc/self)"
+echo "cgroup=$(grep '^0::' /proc/self/cgroup)"
+if [ -e "/proc/$marker" ]; then echo "marker_proc=present"; else echo "marker_proc=absent"; fi
+echo "marker_kill=$(kill -0 "$marker" 2>&1 && echo alive)"
+echo "--- ps"
+ps -e -o pid=,user=,comm=
+"""
+# Processes of the container itself that must never be visible inside a session.
+CONTAINER_DAEMONS = {"systemd", "systemd-journal", "systemd-logind", "dbus-daemon", "sshd"}
+
+
+@pytest.fixture(scope="module")
+def module_path() -> Path:
+    """Fallback until tests/conftest.py provides it: ask the CLI where the built module is.
+
+    $PAM_UNSHARE_MODULE, when set, names the module directly.
+    """
+    if os.environ.get("PAM_UNSHARE_MODULE"):
+        return Path(os.environ["PAM_UNSHARE_MODULE"])
+    try:
+        res = subprocess.run(
+            ["pam-unshare", "module-path"], capture_output=True, text=True, timeout=60
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        unavailable(f"`pam-unshare module-path` could not run: {exc}")
+    path = Path(res.stdout.strip())
+    if res.returncode != 0 or not res.stdout.strip() or not path.is_file():
+        unavailable(
+            f"`pam-unshare module-path` gave no module (rc {res.returncode}): "
+            f"{(res.stdout + res.stderr).strip()[:300]}"
+        )
+    return path
+
+
+def proc_mounts(ct: SystemdContainer) -> list[str]:
+    """Mount points at or below /proc in the container's own mount namespace."""
+    out = ct.run(["findmnt", "-rn", "-o", "TARGET,FSTYPE,PROPAGATION"], check=True).stdout
+    return sorted(ln for ln in out.splitlines() if ln == "/proc" or ln.startswith("/proc"))
+
+
+def host_proc_mounts() -> list[str]:
+    targets = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        target = line.split()[4]
+        if target == "/proc" or target.startswith("/proc/"):
+            targets.append(target)
+    return sorted(targets)
+
+
+@dataclass
+class PamHost:
+    ct: SystemdContainer
+    proc_mounts_before: list[str]
+    host_proc_mounts_before: list[str]
+    host_pid1_comm: str
+    originals: dict[str, str] = field(default_factory=dict)
+
+
+@pytest.fixture(scope="module")
+def pam_host(systemd_container: SystemdContainer, module_path: Path) -> Iterator[PamHost]:  # noqa: F811
+    """Install the module in the container, put it last in su's and sudo's session stacks."""
+    ct = systemd_container
+    host = PamHost(
+        ct=ct,
+        proc_mounts_before=proc_mounts(ct),
+        host_proc_mounts_before=host_proc_mounts(),
+        host_pid1_comm=Path("/proc/1/comm").read_text().strip(),
+    )
+    ct.write_file(MODULE_DEST, module_path.read_bytes(), 0o644)
+    ct.write_file(PROBE, PROBE_SCRIPT, 0o755)
+    for service in SERVICES:
+        path = f"/etc/pam.d/{service}"
+        original = ct.read_file(path)
+        host.originals[path] = original
+        sep = "" if original.endswith("\n") else "\n"
+        ct.write_file(path, f"{original}{sep}{PAM_LINE}\n".encode(), 0o644)
+        session_lines = [
+            ln.split()
+            for ln in ct.read_file(path).splitlines()
+            if ln.split()[:1] in (["session"], ["@include"]) and "session" in ln
+        ]
+        assert session_lines[-1] == PAM_LINE.split(), f"{path}: our line is not the last"
+    # pam_loginuid and pam_systemd need /proc/self: they must run before us (DESIGN.md).
+    common = ct.read_file("/etc/pam.d/common-session")
+    assert "pam_systemd.so" in common, common
+    for user in (ALICE, BOB):
+        ct.run(["useradd", "-m", "-s", "/bin/sh", user], check=True)
+    yield host
+    ct.run(["pkill", "-KILL", "-u", BOB])
+    ct.run(["rm", "-f", SUDOERS_DROPIN])
+    for path, original in host.originals.items():
+        ct.write_file(path, original.encode(), 0o644)
+
+
+@pytest.fixture(scope="module")
+def bob_marker(pam_host: PamHost) -> int:
+    """A long-running process of pu_bob, in his own su session; its PID in the container."""
+    ct = pam_host.ct
+    ct.run(
+        f"setsid su {BOB} -c 'exec sleep 1000' </dev/null >/dev/null 2>&1 &",
+        check=True,
+    )
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        res = ct.run(["pgrep", "-u", BOB, "-x", "sleep"])
+        if res.returncode == 0:
+            pid = int(res.stdout.split()[0])
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail(f"pu_bob's marker never started; journal:\n{ct.journal()[-3000:]}")
+    # Control: from the container's root namespace the marker is visible and alive.
+    assert ct.read_file(f"/proc/{pid}/comm").strip() == "sleep"
+    assert ct.run(["kill", "-0", str(pid)]).returncode == 0
+    return pid
+
+
+@dataclass
+class Probe:
+    values: dict[str, str]
+    procs: list[tuple[int, str, str]]  # pid, user, comm
+
+    @classmethod
+    def parse(cls, output: str) -> Probe:
+        values: dict[str, str] = {}
+        procs: list[tuple[int, str, str]] = []
+        in_ps = False
+        for raw in output.replace("\r", "").splitlines():
+            if raw == "--- ps":
+                in_ps = True
+            elif in_ps and raw.strip():
+                pid, user, comm = raw.split(None, 2)
+                procs.append((int(pid), user, comm))
+            elif "=" in raw:
+                key, _, value = raw.partition("=")
+                values[key] = value
+        return cls(values, procs)
+
+
+@dataclass(frozen=True)
+class EntryPath:
+    name: str
+    argv: list[str]  # {probe} is replaced by the probe command line
+    use_pty: bool | None = None  # sudoers Defaults written to the drop-in; None: Debian's default
+    tty: bool = False  # run under script(1), so the caller has a terminal
+    monitor: bool | None = None  # whether sudo's monitor process must be inside the session
+
+
+ENTRY_PATHS = [
+    EntryPath("su -c", ["su", ALICE, "-c", "{probe}"]),
+    EntryPath("su - -c", ["su", "-", ALICE, "-c", "{probe}"]),
+    EntryPath("su -c, tty", ["su", ALICE, "-c", "{probe}"], tty=True),
+    # Debian 12's /etc/sudoers has `Defaults use_pty`; sudo 1.9.13 uses a pty only with a tty.
+    EntryPath("sudo, Debian defaults", ["sudo", "-u", ALICE, "{probe}"], monitor=False),
+    EntryPath(
+        "sudo use_pty, tty", ["sudo", "-u", ALICE, "{probe}"], use_pty=True, tty=True, monitor=True
+    ),
+    EntryPath(
+        "sudo !use_pty -S", ["sudo", "-S", "-u", ALICE, "{probe}"], use_pty=False, monitor=False
+    ),
+    EntryPath(
+        "sudo !use_pty, tty",
+        ["sudo", "-u", ALICE, "{probe}"],
+        use_pty=False,
+        tty=True,
+        monitor=False,
+    ),
+]
+
+
+def run_entry(ct: SystemdContainer, entry: EntryPath, probe: str) -> subprocess.CompletedProcess:
+    if entry.use_pty is None:
+        ct.run(["rm", "-f", SUDOERS_DROPIN], check=True)
+    else:
+        line = "Defaults use_pty\n" if entry.use_pty else "Defaults !use_pty\n"
+        ct.write_file(SUDOERS_DROPIN, line.encode(), 0o440)
+    argv: list[str] = []
+    for arg in entry.argv:
+        if arg != "{probe}":
+            argv.append(arg)
+        elif argv[-1] == "-c":  # su -c takes one shell command line
+            argv.append(probe)
+        else:  # sudo takes the command's argv
+            argv += shlex.split(probe)
+    if entry.tty:
+        argv = ["script", "-qec", shlex.join(argv), "/dev/null"]
+    return ct.run(argv, timeout=60)
+
+
+def test_root_is_shared(systemd_container: SystemdContainer) -> None:  # noqa: F811
+    """The whole point of this host: / is a shared mount, as on every systemd machine."""
+    res = systemd_container.run(["findmnt", "-no", "PROPAGATION", "/"], check=True)
+    assert res.stdout.strip() == "shared"
+    assert systemd_container.read_file("/proc/1/comm").strip() == "systemd"
+
+
+@pytest.mark.parametrize("entry", ENTRY_PATHS, ids=[e.name for e in ENTRY_PATHS])
+def test_session_sees_only_itself(pam_host: PamHost, bob_marker: int, entry: EntryPath) -> None:
+    ct = pam_host.ct
+    res = run_entry(ct, entry, f"{PROBE} {bob_marker}")
+    detail = f"{entry.name}: rc {res.returncode}\n{res.stdout}\n{res.stderr}"
+    assert res.returncode == 0, detail
+    probe = Probe.parse(res.stdout)
+    uid = ct.run(["id", "-u", ALICE], check=True).stdout.strip()
+    assert probe.values.get("uid") == uid, detail
+    # Our init is PID 1 of the session, and /proc is the session's own.
+    assert probe.values.get("pid1") == "pam_unshare", detail
+    assert probe.values.get("self", "").isdigit(), detail
+    assert (1, "root", "pam_unshare") in probe.procs, detail
+    # pu_bob's marker is in another namespace: no /proc entry, and kill says ESRCH (not EPERM).
+    assert probe.values.get("marker_proc") == "absent", detail
+    assert "No such process" in probe.values.get("marker_kill", ""), detail
+    comms = {comm for _, _, comm in probe.procs}
+    users = {user for _, user, _ in probe.procs}
+    assert "sleep" not in comms, detail
+    assert not comms & CONTAINER_DAEMONS, detail
+    assert users <= {"root", ALICE}, detail
+    root_procs = {comm for _, user, comm in probe.procs if user == "root"}
+    assert root_procs <= {"pam_unshare", "sudo"}, detail
+    assert len(probe.procs) <= 6, detail
+    if entry.monitor is not None:
+        # Proves which sudo code path ran: with a pty its monitor is the first child.
+        assert ("sudo" in root_procs) == entry.monitor, detail
+    if entry.argv[0] == "su":
+        # pam_systemd (before us in common-session) registered the session with logind.
+        assert "session-" in probe.values.get("cgroup", ""), detail
+
+
+def test_su_login_twenty_times(pam_host: PamHost) -> None:
+    """`su - pu_alice` (a login shell reading its commands from stdin) succeeds every time."""
+    for i in range(20):
+        res = pam_host.ct.run(["su", "-", ALICE], input="cat /proc/1/comm\n", timeout=60)
+        assert res.returncode == 0, f"run {i}: rc {res.returncode}\n{res.stdout}{res.stderr}"
+        assert res.stdout.strip() == "pam_unshare", f"run {i}: {res.stdout!r} {res.stderr!r}"
+
+
+def test_su_login_twenty_times_tty(pam_host: PamHost) -> None:
+    """The same with a terminal: an interactive login shell under script(1)."""
+    for i in range(20):
+        res = pam_host.ct.run(
+            ["script", "-qec", f"su - {ALICE} -c 'cat /proc/1/comm'", "/dev/null"],
+            timeout=60,
+        )
+        assert res.returncode == 0, f"run {i}: rc {res.returncode}\n{res.stdout}{res.stderr}"
+        assert res.stdout.strip() == "pam_unshare", f"run {i}: {res.stdout!r} {res.stderr!r}"
+
+
+def test_no_errors_logged(pam_host: PamHost) -> None:
+    """Neither pam_systemd nor pam_unshare logs anything at priority err or worse."""
+    ct = pam_host.ct
+    # Make sure sessions of both services happened in this boot, whatever ran before.
+    ct.run(["su", ALICE, "-c", "true"], check=True)
+    ct.run(["rm", "-f", SUDOERS_DROPIN], check=True)
+    ct.run(["sudo", "-u", ALICE, "true"], check=True)
+    errors = ct.journal(None, "-p", "err")
+    warnings = ct.journal(None, "-p", "warning")
+    context = f"journal -p err:\n{errors}\njournal -p warning:\n{warnings}"
+    assert [ln for ln in errors.splitlines() if "pam_systemd" in ln] == [], context
+    assert [ln for ln in errors.splitlines() if "pam_unshare" in ln] == [], context
+    for ident in SERVICES:
+        own = ct.journal(None, "-p", "err", f"SYSLOG_IDENTIFIER={ident}")
+        assert "pam_unshare" not in own, context
+
+
+def test_proc_intact_after_sessions(pam_host: PamHost) -> None:
+    """Sessions leave the container's and the host's /proc as they were."""
+    ct = pam_host.ct
+    # A fresh nsenter shell, not inside any session.
+    self_link = ct.run(["readlink", "/proc/self"], check=True).stdout.strip()
+    assert self_link.isdigit(), self_link
+    assert ct.read_file("/proc/1/comm").strip() == "systemd"
+    assert ct.run(["findmnt", "-no", "PROPAGATION", "/"], check=True).stdout.strip() == "shared"
+    assert proc_mounts(ct) == pam_host.proc_mounts_before
+    # The host outside the container.
+    assert os.readlink("/proc/self") == str(os.getpid())
+    assert Path("/proc/1/comm").read_text().strip() == pam_host.host_pid1_comm
+    assert host_proc_mounts() == pam_host.host_proc_mounts_before
