@@ -189,7 +189,8 @@ static void drop_privileges(int ready_fd)
     if (prctl(PR_SET_SECUREBITS, SECBIT_NOROOT | SECBIT_NOROOT_LOCKED | SECBIT_NO_SETUID_FIXUP |
                                      SECBIT_NO_SETUID_FIXUP_LOCKED | SECBIT_KEEP_CAPS_LOCKED |
                                      SECBIT_NO_CAP_AMBIENT_RAISE |
-                                     SECBIT_NO_CAP_AMBIENT_RAISE_LOCKED) < 0)
+                                     SECBIT_NO_CAP_AMBIENT_RAISE_LOCKED,
+              0, 0, 0) < 0)
         child_failed(ready_fd, STEP_SECUREBITS);
     for (int cap = 0;; cap++) {
         if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0) {
@@ -215,7 +216,7 @@ __attribute__((noreturn)) static void become_init(const struct pu_options *opts,
 
     /* Before any mount: with / shared (every systemd host) a mount or unmount here would
      * otherwise propagate back to the host. */
-    if (mount(NULL, "/", NULL, MS_REC | propagation, NULL) < 0)
+    if (mount("none", "/", NULL, MS_REC | propagation, NULL) < 0)
         child_failed(ready, STEP_PROPAGATION);
     /* Mounted on top of the old /proc rather than in its place: under systemd /proc has mounts
      * below it and cannot be unmounted, and the old one stays out of reach underneath. */
@@ -260,6 +261,28 @@ static int await_ready(int ready_fd, struct pu_failure *why)
     return fail(why, "starting the session init (it exited before it was ready)", ECHILD);
 }
 
+/* fork() into new PID and mount namespaces, with a pidfd for the child. clone3 first; the old
+ * clone() where clone3 is refused with ENOSYS (seccomp profiles of some container runtimes,
+ * valgrind). */
+static long clone_init(int *pidfd)
+{
+    const unsigned long flags = CLONE_NEWPID | CLONE_NEWNS | CLONE_PIDFD;
+    struct clone_args args;
+    long pid;
+
+    memset(&args, 0, sizeof args);
+    args.flags = flags;
+    args.pidfd = (uint64_t)(uintptr_t)pidfd;
+    args.exit_signal = 0;
+    pid = syscall(SYS_clone3, &args, sizeof args);
+    if (pid < 0 && errno == ENOSYS) {
+        /* Exit signal 0 in the low byte; CLONE_PIDFD stores the fd through parent_tid. No new
+         * stack: like fork(), the child runs on a copy of ours. */
+        pid = syscall(SYS_clone, flags, NULL, pidfd, NULL, NULL);
+    }
+    return pid;
+}
+
 int pu_session_start(const struct pu_options *opts, struct pu_session *session,
                      struct pu_failure *why)
 {
@@ -268,7 +291,6 @@ int pu_session_start(const struct pu_options *opts, struct pu_session *session,
     int pidfd = -1;
     char cwd[PATH_MAX];
     int have_cwd;
-    struct clone_args args;
     long pid;
 
     session->pidfd = -1;
@@ -289,11 +311,7 @@ int pu_session_start(const struct pu_options *opts, struct pu_session *session,
     /* A fresh child in fresh namespaces: the caller itself changes only at the very end, in one
      * atomic setns(), so a failure anywhere before leaves it untouched. exit_signal 0 keeps the
      * init out of callers' SIGCHLD handlers and waitpid(-1) loops. */
-    memset(&args, 0, sizeof args);
-    args.flags = CLONE_NEWPID | CLONE_NEWNS | CLONE_PIDFD;
-    args.pidfd = (uint64_t)(uintptr_t)&pidfd;
-    args.exit_signal = 0;
-    pid = syscall(SYS_clone3, &args, sizeof args);
+    pid = clone_init(&pidfd);
     if (pid == 0) {
         close(lifeline[1]);
         close(ready[0]);
@@ -305,7 +323,7 @@ int pu_session_start(const struct pu_options *opts, struct pu_session *session,
         close(lifeline[1]);
         close(ready[0]);
         close(ready[1]);
-        return fail(why, "creating the PID and mount namespaces (clone3)", err);
+        return fail(why, "creating the PID and mount namespaces", err);
     }
     close(lifeline[0]);
     close(ready[1]);

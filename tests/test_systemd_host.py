@@ -310,3 +310,24 @@ def test_proc_intact_after_sessions(pam_host: PamHost) -> None:
     assert os.readlink("/proc/self") == str(os.getpid())
     assert Path("/proc/1/comm").read_text().strip() == pam_host.host_pid1_comm
     assert host_proc_mounts() == pam_host.host_proc_mounts_before
+
+
+def test_no_session_leftovers(pam_host: PamHost, bob_marker: int) -> None:
+    """Finished sessions leave neither their init nor zombies in the container.
+
+    Only pu_bob's marker session (still running) may keep a pam_unshare init.
+    """
+    ct = pam_host.ct
+    deadline = time.monotonic() + 15
+    while True:
+        ps = ct.run(["ps", "-e", "-o", "pid=,ppid=,stat=,user=,comm="], check=True).stdout
+        rows = [ln.split(None, 4) for ln in ps.splitlines() if ln.strip()]
+        inits = [r for r in rows if r[4] == "pam_unshare"]
+        zombies = [r for r in rows if r[2].startswith("Z")]
+        if (len(inits) <= 1 and not zombies) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert len(inits) == 1, ps  # pu_bob's, still running `sleep`
+    assert zombies == [], ps
+    # The marker session itself is untouched by everything that ran meanwhile.
+    assert ct.run(["kill", "-0", str(bob_marker)]).returncode == 0, ps

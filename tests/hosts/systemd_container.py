@@ -16,6 +16,7 @@ import fcntl
 import hashlib
 import os
 import re
+import secrets
 import shutil
 import signal
 import subprocess
@@ -328,7 +329,7 @@ class SystemdContainer:
         private_network: bool = True,
     ) -> None:
         self.rootfs = Path(rootfs)
-        self.name = name or f"pu-test-{os.getpid()}"
+        self.name = name or f"pu-test-{os.getpid()}-{secrets.token_hex(3)}"
         self.log_path = log_path or Path(tempfile.gettempdir()) / f"nspawn-{self.name}.log"
         self.boot_timeout = boot_timeout
         self.stop_timeout = stop_timeout
@@ -338,6 +339,8 @@ class SystemdContainer:
         self.failed_units: list[str] = []
         self.boot_seconds: float | None = None
         self._proc: subprocess.Popen[bytes] | None = None
+        self._leader_fd: int | None = None  # pidfd: signals never hit a recycled PID
+        self._host_cgroups: list[Path] = []
         self._cgroup_procs: list[Path] = []
 
     # -- lifecycle --------------------------------------------------------- #
@@ -372,6 +375,7 @@ class SystemdContainer:
         if self.private_network:
             # Loopback only: otherwise the container's sshd binds the host's port 22.
             argv.append("--private-network")
+        self._host_cgroups = self._make_host_cgroups()
         with open(self.log_path, "wb") as log:
             self._proc = subprocess.Popen(
                 argv,
@@ -379,9 +383,11 @@ class SystemdContainer:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                preexec_fn=self._join_host_cgroups,  # noqa: PLW1509 - no threads here
             )
         try:
             self.leader = self._find_leader(started + self.boot_timeout)
+            self._leader_fd = os.pidfd_open(self.leader)
             self._cgroup_procs = self._make_exec_cgroups()
             self._wait_booted(started + self.boot_timeout)
         except BaseException:
@@ -394,7 +400,7 @@ class SystemdContainer:
         proc, self._proc = self._proc, None
         if proc is None:
             return
-        leader, self.leader = self.leader, None
+        self.leader = None
         if proc.poll() is None:
             # nspawn turns SIGTERM into a clean shutdown request to the container's
             # systemd (SIGRTMIN+3 for -b), then exits when the container is gone.
@@ -409,24 +415,21 @@ class SystemdContainer:
                     file=sys.stderr,
                 )
         # Whatever is left: SIGKILL the container's PID 1 first (the kernel then
-        # kills every process of its PID namespace), then nspawn's process group.
-        if leader is not None and self._is_leader(leader):
+        # kills every process of its PID namespace), then nspawn's process group
+        # (while nspawn is unreaped its PID, and so its group, cannot be recycled).
+        leader_fd, self._leader_fd = self._leader_fd, None
+        if leader_fd is not None:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(leader, signal.SIGKILL)
+                signal.pidfd_send_signal(leader_fd, signal.SIGKILL)
+            os.close(leader_fd)
         if proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=10)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)  # stray members of the group
-        self._remove_exec_cgroups()
-
-    def _is_leader(self, pid: int) -> bool:
-        try:
-            nspid = _nspid(pid)
-        except OSError:
-            return False
-        return len(nspid) >= 2 and nspid[-1] == 1
+        self._cgroup_procs = []
+        for group in self._host_cgroups:
+            _remove_cgroup_tree(group)
+        self._host_cgroups = []
 
     def _find_leader(self, deadline: float) -> int:
         """The host PID of the container's PID 1 once it has exec'ed systemd."""
@@ -482,7 +485,36 @@ class SystemdContainer:
             f"log {self.log_path}:\n{_tail(self.log_path)}"
         )
 
-    # -- cgroups for commands we inject ----------------------------------- #
+    # -- cgroups ----------------------------------------------------------- #
+
+    def _make_host_cgroups(self) -> list[Path]:
+        """A cgroup of its own for this nspawn in the hierarchies systemd uses.
+
+        With ``--keep-unit`` nspawn puts the container into ``payload/`` below its
+        own cgroup. Without systemd on the host every nspawn would share the same
+        ``/payload`` (two containers would fight over it), and it stays behind.
+        So nspawn starts in ``<our cgroup>/pam-unshare-<name>``, removed on stop.
+        """
+        groups: list[Path] = []
+        for line in Path("/proc/self/cgroup").read_text().splitlines():
+            _, controllers, path = line.split(":", 2)
+            if controllers not in ("", "name=systemd"):
+                continue
+            mount = _cgroup_mount(controllers)
+            if mount is None:
+                continue
+            group = mount / path.lstrip("/") / f"pam-unshare-{self.name}"
+            try:
+                group.mkdir(exist_ok=True)
+            except OSError:
+                continue
+            groups.append(group)
+        return groups
+
+    def _join_host_cgroups(self) -> None:  # runs in nspawn between fork and exec
+        for group in self._host_cgroups:
+            with contextlib.suppress(OSError):
+                (group / "cgroup.procs").write_text("0")
 
     def _make_exec_cgroups(self) -> list[Path]:
         """Create a cgroup next to the container's init.scope in systemd's hierarchies.
@@ -511,12 +543,6 @@ class SystemdContainer:
                 continue
             procs.append(group / "cgroup.procs")
         return procs
-
-    def _remove_exec_cgroups(self) -> None:
-        for procs in self._cgroup_procs:
-            with contextlib.suppress(OSError):
-                procs.parent.rmdir()
-        self._cgroup_procs = []
 
     def _join_cgroups(self) -> None:  # runs in the child between fork and exec
         for procs in self._cgroup_procs:
@@ -598,6 +624,15 @@ class SystemdContainer:
                 with contextlib.suppress(OSError):
                     if os.readlink(f"/proc/{entry.name}/ns/pid") == target:
                         yield int(entry.name)
+
+
+def _remove_cgroup_tree(group: Path) -> None:
+    """rmdir a cgroup and its (empty) children, deepest first; leave busy ones."""
+    if not group.is_dir():
+        return
+    for dirpath, _dirnames, _files in os.walk(group, topdown=False):
+        with contextlib.suppress(OSError):
+            os.rmdir(dirpath)
 
 
 def _cgroup_mount(controllers: str) -> Path | None:
