@@ -25,6 +25,9 @@ from pam_unshare import paths
 from pam_unshare.sandbox import Sandbox
 
 IN_CI = bool(os.environ.get("CI"))
+# The host's / as this process found it, before any sandbox: paths below it resolve through the
+# host's mounts even after the process has moved into the sandbox's mount namespace.
+HOST_ROOT = Path(f"/proc/self/fd/{os.open('/', os.O_PATH | os.O_DIRECTORY)}")
 ENABLED_SERVICES = ("su", "sudo", "sudo-i", "sshd", TEST_SERVICE)
 
 

@@ -287,6 +287,10 @@ def test_no_errors_logged(pam_host: PamHost) -> None:
     ct.run(["su", ALICE, "-c", "true"], check=True)
     ct.run(["rm", "-f", SUDOERS_DROPIN], check=True)
     ct.run(["sudo", "-u", ALICE, "true"], check=True)
+    # Not vacuous: the journal does hold the PAM lines of both services.
+    opened = ct.journal(None, "--grep", f"session opened for user {ALICE}")
+    for ident in SERVICES:
+        assert f" {ident}[" in opened, opened
     errors = ct.journal(None, "-p", "err")
     warnings = ct.journal(None, "-p", "warning")
     context = f"journal -p err:\n{errors}\njournal -p warning:\n{warnings}"

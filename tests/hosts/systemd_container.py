@@ -457,6 +457,7 @@ class SystemdContainer:
 
     def _wait_booted(self, deadline: float) -> None:
         last = ""
+        offline_deadline = min(deadline, time.monotonic() + 15)
         while time.monotonic() < deadline:
             remaining = max(1.0, deadline - time.monotonic())
             try:
@@ -477,9 +478,13 @@ class SystemdContainer:
                         file=sys.stderr,
                     )
                 return
-            if state in ("maintenance", "stopping", "offline"):
+            if state in ("maintenance", "stopping"):
                 break
-            time.sleep(0.2)  # bus not up yet ("Failed to connect to bus")
+            # Not up yet: "offline" until PID 1 has created /run/systemd/system,
+            # no output while the bus is missing ("Failed to connect to bus").
+            if state == "offline" and time.monotonic() > offline_deadline:
+                break
+            time.sleep(0.1)
         raise ContainerError(
             f"container {self.name} did not finish booting ({last.strip()}); "
             f"log {self.log_path}:\n{_tail(self.log_path)}"
@@ -564,29 +569,34 @@ class SystemdContainer:
         check: bool = False,
         timeout: float = 60.0,
         input: str | bytes | None = None,  # noqa: A002 - mirrors subprocess.run
-        text: bool = True,
     ) -> subprocess.CompletedProcess[str]:
         """Run *cmd* (an argv list, or a string for ``/bin/sh -c``) as root inside.
 
         Returns the CompletedProcess with decoded stdout/stderr. With
         ``check=True`` a non-zero exit raises CalledProcessError (with output).
+        On timeout the whole process group is killed (nsenter and what it
+        started inside) and TimeoutExpired is raised.
         """
         argv = ["/bin/sh", "-c", cmd] if isinstance(cmd, str) else list(cmd)
         data = input.encode() if isinstance(input, str) else input
-        proc = subprocess.run(
+        proc = subprocess.Popen(
             self.nsenter_argv(argv),
-            input=data,
-            stdin=subprocess.DEVNULL if data is None else None,
-            capture_output=True,
-            timeout=timeout,
+            stdin=subprocess.DEVNULL if data is None else subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             env=dict(CONTAINER_ENV),
+            start_new_session=True,
             preexec_fn=self._join_cgroups,  # noqa: PLW1509 - no threads here
         )
+        try:
+            out, err = proc.communicate(data, timeout=timeout)
+        except BaseException:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)  # proc is unreaped: no PID reuse
+            out, err = proc.communicate()
+            raise
         result = subprocess.CompletedProcess(
-            proc.args,
-            proc.returncode,
-            proc.stdout.decode(errors="replace") if text else proc.stdout,
-            proc.stderr.decode(errors="replace") if text else proc.stderr,
+            proc.args, proc.returncode, out.decode(errors="replace"), err.decode(errors="replace")
         )
         if check and result.returncode != 0:
             raise subprocess.CalledProcessError(
