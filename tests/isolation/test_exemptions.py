@@ -9,11 +9,12 @@ import re
 import shlex
 import uuid
 from dataclasses import dataclass
-from typing import List
+from typing import Dict, List
 
 import pytest
 from conftest import require_tools
-from helpers.entries import ENTRY_NAMES
+from helpers.entries import ENTRY_NAMES, Entry
+from testinfra.host import Host
 
 PROBE = ("echo pidns:$(readlink /proc/self/ns/pid); echo mntns:$(readlink /proc/self/ns/mnt); "
          "echo comm:$(cat /proc/1/comm)")
@@ -54,7 +55,7 @@ def parse_view(output: str) -> View:
     return View(facts["pidns"], facts["mntns"], facts["comm"])
 
 
-def session_view(host, entries, entry_name: str, user: str) -> View:  # noqa: ANN001
+def session_view(host: Host, entries: Dict[str, Entry], entry_name: str, user: str) -> View:
     result = host.run(entries[entry_name].command(user, PROBE))
     assert result.rc == 0, f"{entry_name} as {user}: rc {result.rc}: {result.stderr}"
     return parse_view(result.stdout)

@@ -2,7 +2,8 @@
 sshd, plain PAM), succeed lets it run un-namespaced. Either way one error line says why.
 
 The failure is real, not simulated: the caller runs without CAP_SYS_ADMIN (capsh drops it from the
-bounding set, so even setuid su and sudo cannot regain it) and clone3(CLONE_NEWPID) gets EPERM.
+bounding set, so even setuid su and sudo cannot regain it) and cloning into a new PID namespace
+gets EPERM.
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ from pathlib import Path
 from typing import Callable, Dict, Iterator, List, Tuple
 
 import pytest
-from conftest import require_tools
+from conftest import PamSandbox, require_tools
 from helpers.entries import ENTRY_NAMES, Entry
 from helpers.sshd import Sshd
+from testinfra.backend.base import CommandResult
+from testinfra.host import Host
 
 DROP_CAP_SYS_ADMIN = ["capsh", "--drop=cap_sys_admin", "--"]
 # capsh runs bash with what follows "--": exec the wrapped program in place of that bash, so the
@@ -25,6 +28,7 @@ DROP_CAP_SYS_ADMIN = ["capsh", "--drop=cap_sys_admin", "--"]
 SSHD_WRAPPER = [*DROP_CAP_SYS_ADMIN, "-c", 'exec "$0" "$@"']
 STEP = "creating the PID and mount namespaces"
 ERRNO_TEXT = "Operation not permitted"
+CAP_SYS_ADMIN = 21
 LOG_ERR = 3
 SYSLOG_LINE = re.compile(r"^<(\d+)>")
 
@@ -86,8 +90,8 @@ def marker_dir(pam_sandbox) -> Path:
     return path
 
 
-def run_failing_session(host, pam_sandbox, caller: Callable[[str, str], str], user: str,
-                        marker: Path) -> Tuple[object, List[str]]:
+def run_failing_session(host: Host, pam_sandbox: PamSandbox, caller: Callable[[str, str], str],
+                        user: str, marker: Path) -> Tuple[CommandResult, List[str]]:
     """Runs a session that touches MARKER and prints facts about its namespace; returns the
     result and the module's syslog lines."""
     probe = (f"touch {shlex.quote(str(marker))}; echo ran:yes; "
@@ -97,13 +101,26 @@ def run_failing_session(host, pam_sandbox, caller: Callable[[str, str], str], us
     return result, module_lines(pam_sandbox.syslog.lines(since))
 
 
-def test_capsh_really_removes_cap_sys_admin(host):
+def bounding_set(pid: str) -> int:
+    with open(f"/proc/{pid}/status", encoding="utf-8") as handle:
+        for line in handle:
+            if line.startswith("CapBnd:"):
+                return int(line.split()[1], 16)
+    raise AssertionError(f"no CapBnd in /proc/{pid}/status")
+
+
+def test_capsh_really_removes_cap_sys_admin(host, sshd_without_cap_sys_admin):
     """The premise: without CAP_SYS_ADMIN in the bounding set even root cannot make a PID
-    namespace, so every failure below comes from the module meeting EPERM."""
+    namespace, so every failure below comes from the module meeting EPERM; and the second sshd
+    runs with that bounding set."""
     require_tools("unshare")
     result = host.run(without_cap_sys_admin("unshare --pid --fork true"))
     assert result.rc != 0
     assert ERRNO_TEXT in result.stderr
+    server = sshd_without_cap_sys_admin
+    pid = (server.workdir / f"sshd.{server.port}.pid").read_text().strip()
+    assert not bounding_set(pid) & (1 << CAP_SYS_ADMIN)
+    assert bounding_set("self") & (1 << CAP_SYS_ADMIN), "the test itself needs CAP_SYS_ADMIN"
 
 
 @pytest.mark.parametrize("entry_name", ENTRY_NAMES)
@@ -118,7 +135,7 @@ def test_onerr_fail_refuses_the_session(host, pam_sandbox, users, failing_caller
     assert len(lines) == 1, lines
     line = lines[0]
     assert severity(line) == LOG_ERR, line
-    assert f"{STEP} (clone3) failed for user {users.alice}: {ERRNO_TEXT}; refusing the session" \
+    assert f"{STEP} failed for user {users.alice}: {ERRNO_TEXT}; refusing the session" \
         in line, line
 
 
@@ -142,7 +159,7 @@ def test_onerr_succeed_runs_the_session_without_a_namespace(host, pam_sandbox, u
     assert len(lines) == 1, lines
     line = lines[0]
     assert severity(line) == LOG_ERR, line
-    assert f"{STEP} (clone3) failed for user {users.alice}: {ERRNO_TEXT}; session continues " \
+    assert f"{STEP} failed for user {users.alice}: {ERRNO_TEXT}; session continues " \
         "without a namespace (onerr=succeed)" in line, line
     assert line.endswith("(onerr=succeed)"), line
 
