@@ -366,15 +366,12 @@ int pu_session_end(struct pu_session *session, struct pu_failure *why)
         pu_session_release(session);
         return 0;
     }
-    if (session->on_logout == PU_ON_LOGOUT_KILL) {
-        siginfo_t info;
-        if (syscall(SYS_pidfd_send_signal, session->pidfd, SIGKILL, NULL, 0) < 0 && errno != ESRCH)
-            rc = fail(why, "killing the session init (pidfd_send_signal)", errno);
-        else if (wait_readable(session->pidfd, EXIT_TIMEOUT_MS) < 0)
-            rc = fail(why, "waiting for the session's processes to end", errno);
-        else
-            waitid((idtype_t)P_PIDFD, (id_t)session->pidfd, &info, WEXITED | WNOHANG | __WALL);
-    }
+    /* Kill without waiting: PID 1's exit kills everything in the namespace, but completes only
+     * once all of it has been reaped, and a caller like sudo (its monitor) or sshd (its session
+     * child) reaps its own child in the namespace only after pam_close_session returns. */
+    if (session->on_logout == PU_ON_LOGOUT_KILL &&
+        syscall(SYS_pidfd_send_signal, session->pidfd, SIGKILL, NULL, 0) < 0 && errno != ESRCH)
+        rc = fail(why, "killing the session init (pidfd_send_signal)", errno);
     /* With linger, closing the lifeline is the whole message: PID 1 leaves once the namespace
      * is empty. */
     pu_session_release(session);

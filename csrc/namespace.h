@@ -28,7 +28,7 @@ int pu_session_start(const struct pu_options *opts, struct pu_session *session,
                      struct pu_failure *why);
 
 /* At session close, in the opening process: "linger" lets PID 1 go once the namespace is empty;
- * "kill" ends PID 1 (and so everything in the namespace) and waits until it is gone. */
+ * "kill" SIGKILLs PID 1, and so the kernel kills everything in the namespace. */
 int pu_session_end(struct pu_session *session, struct pu_failure *why);
 
 /* Closes the descriptors without ending anything: for forked copies and PAM data cleanup. */

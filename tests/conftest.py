@@ -113,7 +113,7 @@ class PamSandbox:
 @pytest.fixture(scope="session")
 def pam_sandbox(module_path: Path) -> Iterator[PamSandbox]:
     require_root()
-    require_tools("su", "sudo", "sshd", "script", "ps")
+    require_tools("su", "sudo", "sshd", "ps")
     # Not under pytest's 0700 temp tree: the test users must reach their homes and sshd their
     # authorized keys.
     workdir = Path(tempfile.mkdtemp(prefix="pam-unshare-tests-"))

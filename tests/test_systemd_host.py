@@ -9,6 +9,7 @@ private PID namespace with its own /proc, while the container's and the host's /
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import subprocess
 import time
@@ -17,9 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-
-from tests.hosts.fixtures import systemd_container, unavailable  # noqa: F401
-from tests.hosts.systemd_container import SystemdContainer
+from helpers.entries import IN_PTY
+from hosts.fixtures import systemd_container  # noqa: F401
+from hosts.systemd_container import SystemdContainer
 
 MODULE_DEST = "/usr/lib/x86_64-linux-gnu/security/pam_unshare.so"
 PAM_LINE = "session required pam_unshare.so"
@@ -28,6 +29,7 @@ ALICE = "pu_alice"
 BOB = "pu_bob"
 SUDOERS_DROPIN = "/etc/sudoers.d/pu-test"
 PROBE = "/usr/local/bin/pu-probe"
+IN_PTY_DEST = "/usr/local/bin/pu-in-pty"
 # What a session reports; $1 is the container PID of pu_bob's marker process.
 PROBE_SCRIPT = b"""#!/bin/sh
 marker="$1"
@@ -40,31 +42,10 @@ echo "marker_kill=$(kill -0 "$marker" 2>&1 && echo alive)"
 echo "--- ps"
 ps -e -o pid=,user=,comm=
 """
+PROBE_VALUE = re.compile(r"\b(uid|pid1|self|cgroup|marker_proc|marker_kill)=(.*)$")
+PS_ROW = re.compile(r"(\d+)\s+(\S+)\s+(\S.*)$")
 # Processes of the container itself that must never be visible inside a session.
 CONTAINER_DAEMONS = {"systemd", "systemd-journal", "systemd-logind", "dbus-daemon", "sshd"}
-
-
-@pytest.fixture(scope="module")
-def module_path() -> Path:
-    """Fallback until tests/conftest.py provides it: ask the CLI where the built module is.
-
-    $PAM_UNSHARE_MODULE, when set, names the module directly.
-    """
-    if os.environ.get("PAM_UNSHARE_MODULE"):
-        return Path(os.environ["PAM_UNSHARE_MODULE"])
-    try:
-        res = subprocess.run(
-            ["pam-unshare", "module-path"], capture_output=True, text=True, timeout=60
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        unavailable(f"`pam-unshare module-path` could not run: {exc}")
-    path = Path(res.stdout.strip())
-    if res.returncode != 0 or not res.stdout.strip() or not path.is_file():
-        unavailable(
-            f"`pam-unshare module-path` gave no module (rc {res.returncode}): "
-            f"{(res.stdout + res.stderr).strip()[:300]}"
-        )
-    return path
 
 
 def proc_mounts(ct: SystemdContainer) -> list[str]:
@@ -103,6 +84,7 @@ def pam_host(systemd_container: SystemdContainer, module_path: Path) -> Iterator
     )
     ct.write_file(MODULE_DEST, module_path.read_bytes(), 0o644)
     ct.write_file(PROBE, PROBE_SCRIPT, 0o755)
+    ct.write_file(IN_PTY_DEST, Path(IN_PTY).read_bytes(), 0o755)
     for service in SERVICES:
         path = f"/etc/pam.d/{service}"
         original = ct.read_file(path)
@@ -115,11 +97,13 @@ def pam_host(systemd_container: SystemdContainer, module_path: Path) -> Iterator
             if ln.split()[:1] in (["session"], ["@include"]) and "session" in ln
         ]
         assert session_lines[-1] == PAM_LINE.split(), f"{path}: our line is not the last"
-    # pam_loginuid and pam_systemd need /proc/self: they must run before us (DESIGN.md).
+    # pam_systemd needs /proc/self, so it must run before us (DESIGN.md); su includes it via
+    # common-session. (Debian 12's sudo includes common-session-noninteractive: no pam_systemd.)
     common = ct.read_file("/etc/pam.d/common-session")
     assert "pam_systemd.so" in common, common
     for user in (ALICE, BOB):
-        ct.run(["useradd", "-m", "-s", "/bin/sh", user], check=True)
+        if ct.run(["id", "-u", user]).returncode != 0:
+            ct.run(["useradd", "-m", user], check=True)
     yield host
     ct.run(["pkill", "-KILL", "-u", BOB])
     ct.run(["rm", "-f", SUDOERS_DROPIN])
@@ -157,18 +141,20 @@ class Probe:
 
     @classmethod
     def parse(cls, output: str) -> Probe:
+        """Tolerates terminal noise: through a pty, echoed control characters can precede the
+        first line."""
         values: dict[str, str] = {}
         procs: list[tuple[int, str, str]] = []
         in_ps = False
         for raw in output.replace("\r", "").splitlines():
-            if raw == "--- ps":
+            if raw.endswith("--- ps"):
                 in_ps = True
             elif in_ps and raw.strip():
-                pid, user, comm = raw.split(None, 2)
-                procs.append((int(pid), user, comm))
-            elif "=" in raw:
-                key, _, value = raw.partition("=")
-                values[key] = value
+                match = PS_ROW.search(raw)
+                assert match, f"unexpected ps line {raw!r} in:\n{output}"
+                procs.append((int(match[1]), match[2], match[3]))
+            elif match := PROBE_VALUE.search(raw):
+                values[match[1]] = match[2]
         return cls(values, procs)
 
 
@@ -203,6 +189,11 @@ ENTRY_PATHS = [
 ]
 
 
+def recent_journal(ct: SystemdContainer, lines: int = 40) -> str:
+    """The end of the container's journal, for failure messages."""
+    return ct.journal(None, "-n", str(lines))
+
+
 def run_entry(ct: SystemdContainer, entry: EntryPath, probe: str) -> subprocess.CompletedProcess:
     if entry.use_pty is None:
         ct.run(["rm", "-f", SUDOERS_DROPIN], check=True)
@@ -218,7 +209,7 @@ def run_entry(ct: SystemdContainer, entry: EntryPath, probe: str) -> subprocess.
         else:  # sudo takes the command's argv
             argv += shlex.split(probe)
     if entry.tty:
-        argv = ["script", "-qec", shlex.join(argv), "/dev/null"]
+        argv = ["python3", IN_PTY_DEST, *argv]
     return ct.run(argv, timeout=60)
 
 
@@ -234,7 +225,8 @@ def test_session_sees_only_itself(pam_host: PamHost, bob_marker: int, entry: Ent
     ct = pam_host.ct
     res = run_entry(ct, entry, f"{PROBE} {bob_marker}")
     detail = f"{entry.name}: rc {res.returncode}\n{res.stdout}\n{res.stderr}"
-    assert res.returncode == 0, detail
+    if res.returncode != 0:
+        pytest.fail(f"{detail}\njournal:\n{recent_journal(ct)}")
     probe = Probe.parse(res.stdout)
     uid = ct.run(["id", "-u", ALICE], check=True).stdout.strip()
     assert probe.values.get("uid") == uid, detail
@@ -265,19 +257,29 @@ def test_su_login_twenty_times(pam_host: PamHost) -> None:
     """`su - pu_alice` (a login shell reading its commands from stdin) succeeds every time."""
     for i in range(20):
         res = pam_host.ct.run(["su", "-", ALICE], input="cat /proc/1/comm\n", timeout=60)
-        assert res.returncode == 0, f"run {i}: rc {res.returncode}\n{res.stdout}{res.stderr}"
+        if res.returncode != 0:
+            pytest.fail(
+                f"run {i}: rc {res.returncode}\n{res.stdout}{res.stderr}\n"
+                f"journal:\n{recent_journal(pam_host.ct)}"
+            )
         assert res.stdout.strip() == "pam_unshare", f"run {i}: {res.stdout!r} {res.stderr!r}"
 
 
 def test_su_login_twenty_times_tty(pam_host: PamHost) -> None:
-    """The same with a terminal: an interactive login shell under script(1)."""
+    """The same with a terminal (helpers/in_pty.py)."""
     for i in range(20):
         res = pam_host.ct.run(
-            ["script", "-qec", f"su - {ALICE} -c 'cat /proc/1/comm'", "/dev/null"],
+            ["python3", IN_PTY_DEST, "su", "-", ALICE, "-c", "cat /proc/1/comm"],
             timeout=60,
         )
-        assert res.returncode == 0, f"run {i}: rc {res.returncode}\n{res.stdout}{res.stderr}"
-        assert res.stdout.strip() == "pam_unshare", f"run {i}: {res.stdout!r} {res.stderr!r}"
+        if res.returncode != 0:
+            pytest.fail(
+                f"run {i}: rc {res.returncode}\n{res.stdout}{res.stderr}\n"
+                f"journal:\n{recent_journal(pam_host.ct)}"
+            )
+        # The last line: a pty may echo control characters (^@, ^D) ahead of the output.
+        last = res.stdout.replace("\r", "").strip().splitlines()[-1:]
+        assert last == ["pam_unshare"], f"run {i}: {res.stdout!r} {res.stderr!r}"
 
 
 def test_no_errors_logged(pam_host: PamHost) -> None:

@@ -11,6 +11,7 @@ from typing import Callable, Dict, List
 from helpers.sshd import Sshd
 
 PAM_SESSION = str(Path(__file__).resolve().parent / "pam_session.py")
+IN_PTY = str(Path(__file__).resolve().parent / "in_pty.py")
 TEST_SERVICE = "pam-unshare-test"
 
 
@@ -24,8 +25,8 @@ class Entry:
 
 
 def _in_pty(argv: List[str]) -> List[str]:
-    # script(1) gives the command a terminal, so sudo (use_pty) runs its monitor and a pty.
-    return ["script", "-qefc", shlex.join(argv), "/dev/null"]
+    # A terminal for the command, so that sudo (use_pty) runs its monitor and a pty.
+    return [sys.executable, IN_PTY, *argv]
 
 
 def make_entries(sshd: Sshd) -> Dict[str, Entry]:

@@ -1,8 +1,7 @@
 """pytest fixtures for the test hosts in this package.
 
-Load them from a conftest.py or a test module with
-``pytest_plugins = ["tests.hosts.fixtures"]`` or ``from tests.hosts.fixtures import
-systemd_container``.
+Use them from a test module with ``from hosts.fixtures import systemd_container``
+(pytest puts tests/ on sys.path, as for ``helpers``).
 
 Missing prerequisites skip the tests with a clear reason on a developer's
 machine, but fail them when the environment variable ``CI`` is set: CI must
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.hosts.systemd_container import (
+from .systemd_container import (
     DEFAULT_CACHE_DIR,
     SystemdContainer,
     build_rootfs,

@@ -12,6 +12,7 @@ Plain Python on purpose (no pytest import): the pytest fixture lives in
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import fcntl
 import hashlib
 import os
@@ -45,6 +46,7 @@ PACKAGES: tuple[str, ...] = (
 )
 # Bump when the way the root filesystem is made changes (hooks, options).
 _RECIPE_VERSION = "2"
+_PR_SET_PDEATHSIG = 1
 # Hostname inside the container (written at build time; nspawn --machine sets it too).
 _HOSTNAME = "pam-unshare-test"
 
@@ -508,7 +510,9 @@ class SystemdContainer:
             mount = _cgroup_mount(controllers)
             if mount is None:
                 continue
-            group = mount / path.lstrip("/") / f"pam-unshare-{self.name}"
+            parent = mount / path.lstrip("/")
+            _remove_stale_cgroups(parent)
+            group = parent / f"pam-unshare-{self.name}"
             try:
                 group.mkdir(exist_ok=True)
             except OSError:
@@ -520,6 +524,8 @@ class SystemdContainer:
         for group in self._host_cgroups:
             with contextlib.suppress(OSError):
                 (group / "cgroup.procs").write_text("0")
+        # If we die without stop() (SIGKILL), nspawn gets SIGTERM: a clean poweroff.
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
     def _make_exec_cgroups(self) -> list[Path]:
         """Create a cgroup next to the container's init.scope in systemd's hierarchies.
@@ -636,13 +642,32 @@ class SystemdContainer:
                         yield int(entry.name)
 
 
-def _remove_cgroup_tree(group: Path) -> None:
-    """rmdir a cgroup and its (empty) children, deepest first; leave busy ones."""
-    if not group.is_dir():
-        return
-    for dirpath, _dirnames, _files in os.walk(group, topdown=False):
-        with contextlib.suppress(OSError):
-            os.rmdir(dirpath)
+_STALE_GROUP = re.compile(r"pam-unshare-pu-test-(\d+)-[0-9a-f]+")
+
+
+def _remove_stale_cgroups(parent: Path) -> None:
+    """Remove the cgroups of containers whose owner died without stop() (e.g. SIGKILL)."""
+    with contextlib.suppress(OSError):
+        for entry in parent.iterdir():
+            match = _STALE_GROUP.fullmatch(entry.name)
+            if match and not Path(f"/proc/{match[1]}").exists():
+                _remove_cgroup_tree(entry, timeout=0)
+
+
+def _remove_cgroup_tree(group: Path, timeout: float = 5.0) -> None:
+    """rmdir a cgroup and its children, deepest first.
+
+    Right after the container is gone its cgroups can still count as populated for a moment
+    (EBUSY), so retry for up to *timeout* seconds; then leave what is still busy.
+    """
+    deadline = time.monotonic() + timeout
+    while group.is_dir():
+        for dirpath, _dirnames, _files in os.walk(group, topdown=False):
+            with contextlib.suppress(OSError):
+                os.rmdir(dirpath)
+        if not group.is_dir() or time.monotonic() > deadline:
+            return
+        time.sleep(0.05)
 
 
 def _cgroup_mount(controllers: str) -> Path | None:

@@ -1,0 +1,262 @@
+"""Looking at sessions from the host: which process lives in which PID namespace, which one is a
+session's PID 1, and waiting for them to go away.
+
+Other test runs share this machine, so a test never picks "a process called sleep" or "some
+pam_unshare": it tags the processes it starts with an environment variable (tagged()) or learns the
+session's namespace from inside (`readlink /proc/self/ns/pid`, parsed by namespace_id()), and a
+process is identified by its PID together with its start time, so a recycled PID never passes for
+it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Tuple, TypeVar
+
+# The session's PID 1 names itself so (prctl PR_SET_NAME).
+INIT_COMM = "pam_unshare"
+# Environment variable that tags the processes a test starts inside a session.
+TAG_VARIABLE = "PU_TEST_TAG"
+# task->flags: the process has called exit (it may still wait for its namespace to empty).
+PF_EXITING = 0x4
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class HostProcess:
+    pid: int
+    comm: str
+    state: str
+    flags: int
+    cpu_ticks: int  # utime + stime
+    start: int  # clock ticks after boot; with pid, the process's identity
+    nspid: Tuple[int, ...]  # its PID in each namespace, from the host's down to its own
+
+    @property
+    def nested(self) -> bool:
+        return len(self.nspid) > 1
+
+    @property
+    def is_namespace_init(self) -> bool:
+        return self.nested and self.nspid[-1] == 1
+
+    @property
+    def zombie(self) -> bool:
+        """Dead; only its parent's wait() is missing (on this machine the host's init reaps
+        orphans late, so they stay a few seconds)."""
+        return self.state in ("Z", "X")
+
+    @property
+    def exited(self) -> bool:
+        """Dead, or dying: a PID 1 that has exited stays, in state S and without memory, until
+        every other process of its namespace has been reaped by its parent; it is not a zombie
+        yet, and the namespace is not over."""
+        return self.zombie or bool(self.flags & PF_EXITING)
+
+
+def read_process(pid: int) -> HostProcess | None:
+    """The process PID as the host sees it, or None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            stat = handle.read()
+        with open(f"/proc/{pid}/status") as handle:
+            status = handle.read()
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    # comm may hold spaces and parentheses: it ends at the last ')'.
+    comm = stat[stat.index("(") + 1:stat.rindex(")")]
+    fields = stat[stat.rindex(")") + 2:].split()  # fields[0] is field 3 of proc(5)
+    nspid: Tuple[int, ...] = ()
+    for line in status.splitlines():
+        if line.startswith("NSpid:"):
+            nspid = tuple(int(value) for value in line.split()[1:])
+    return HostProcess(pid=pid, comm=comm, state=fields[0], flags=int(fields[6]),
+                       cpu_ticks=int(fields[11]) + int(fields[12]), start=int(fields[19]),
+                       nspid=nspid)
+
+
+def processes() -> List[HostProcess]:
+    found = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            process = read_process(int(name))
+            if process is not None:
+                found.append(process)
+    return found
+
+
+def refresh(process: HostProcess) -> HostProcess | None:
+    """PROCESS now, or None once it is gone (its PID recycled counts as gone)."""
+    now = read_process(process.pid)
+    if now is None or now.start != process.start:
+        return None
+    return now
+
+
+def is_present(process: HostProcess) -> bool:
+    """PROCESS still runs or is still exiting (anything but gone or a zombie)."""
+    now = refresh(process)
+    return now is not None and not now.zombie
+
+
+def now_ticks() -> int:
+    """The current time in the unit of HostProcess.start."""
+    return int(time.clock_gettime(time.CLOCK_BOOTTIME) * CLOCK_TICKS)
+
+
+def namespace_id(text: str) -> int:
+    """The inode number in `readlink /proc/PID/ns/pid` output, e.g. "pid:[4026532187]"."""
+    match = re.search(r"pid:\[(\d+)\]", text)
+    if match is None:
+        raise ValueError(f"no PID namespace in {text!r}")
+    return int(match.group(1))
+
+
+def pid_namespace(pid: int) -> int | None:
+    try:
+        return namespace_id(os.readlink(f"/proc/{pid}/ns/pid"))
+    except OSError:  # gone, or (the host's own init here) not readable even for root
+        return None
+
+
+def cmdline(pid: int) -> List[str]:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as handle:
+            raw = handle.read()
+    except OSError:
+        return []
+    return [arg.decode(errors="replace") for arg in raw.split(b"\0")[:-1]]
+
+
+def status_fields(pid: int) -> Dict[str, str]:
+    with open(f"/proc/{pid}/status") as handle:
+        return dict(line.split(":\t", 1) for line in handle.read().splitlines() if ":\t" in line)
+
+
+def fd_targets(pid: int) -> Dict[int, str]:
+    """Where each open descriptor of PID points, as `ls -l /proc/PID/fd` shows it."""
+    targets = {}
+    for name in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            targets[int(name)] = os.readlink(f"/proc/{pid}/fd/{name}")
+        except FileNotFoundError:
+            pass
+    return targets
+
+
+# Entries that give the session a terminal. When the shell exits there, the terminal hangs up and
+# its SIGHUP can reach a background job before `setsid` or `nohup` in it has run: a job meant to
+# outlive the shell has to ignore SIGHUP from its fork on, i.e. before the shell starts it.
+PTY_ENTRIES = ("sudo-pty", "ssh-pty")
+
+
+def survive_hangup(entry_name: str) -> str:
+    """Shell prefix for a session command that starts a job meant to outlive the shell."""
+    return "trap '' HUP; " if entry_name in PTY_ENTRIES else ""
+
+
+def new_tag() -> str:
+    return uuid.uuid4().hex
+
+
+def tag_assignment(tag: str) -> str:
+    """Shell prefix that tags a command: f"{tag_assignment(tag)} sleep 120"."""
+    return f"{TAG_VARIABLE}={tag}"
+
+
+def tagged(tag: str) -> List[HostProcess]:
+    """Running processes whose environment carries TAG (see tag_assignment())."""
+    needle = f"{TAG_VARIABLE}={tag}".encode()
+    found = []
+    for process in processes():
+        if process.exited:
+            continue
+        try:
+            with open(f"/proc/{process.pid}/environ", "rb") as handle:
+                environment = handle.read().split(b"\0")
+        except OSError:
+            continue
+        if needle in environment:
+            found.append(process)
+    return found
+
+
+def in_namespace(namespace: int, started_by: int | None = None,
+                 include_zombies: bool = False) -> List[HostProcess]:
+    """Processes of PID namespace NAMESPACE that still run or are still exiting, its PID 1
+    included: as long as one is listed, the namespace is not over.
+
+    STARTED_BY (see now_ticks()) keeps only processes started no later: once a namespace is gone
+    the kernel may give its number to a new one, anybody's. INCLUDE_ZOMBIES adds the zombies."""
+    return [process for process in processes()
+            if process.nested and (include_zombies or not process.zombie)
+            and (started_by is None or process.start <= started_by)
+            and pid_namespace(process.pid) == namespace]
+
+
+def namespace_init(namespace: int) -> HostProcess | None:
+    """The running PID 1 of NAMESPACE, if any."""
+    for process in in_namespace(namespace):
+        if process.is_namespace_init and not process.exited:
+            return process
+    return None
+
+
+def session_inits() -> List[HostProcess]:
+    """Running PID 1s of sessions, anybody's: what `pgrep pam_unshare` would count."""
+    return [process for process in processes()
+            if process.comm == INIT_COMM and process.is_namespace_init and not process.exited]
+
+
+def kill(process: HostProcess, sig: int = signal.SIGKILL) -> None:
+    """Sends SIG to PROCESS if it is still that process (through a pidfd: no recycled PID)."""
+    try:
+        pidfd = os.pidfd_open(process.pid)
+    except ProcessLookupError:
+        return
+    try:
+        if refresh(process) is not None:
+            signal.pidfd_send_signal(pidfd, sig)
+    except ProcessLookupError:
+        pass
+    finally:
+        os.close(pidfd)
+
+
+def kill_namespace(namespace: int, started_by: int) -> None:
+    """Cleanup: SIGKILL every running process of NAMESPACE started by STARTED_BY (see
+    in_namespace: a dead namespace's number may already belong to somebody else's session),
+    its PID 1 first."""
+    for process in sorted(in_namespace(namespace, started_by=started_by),
+                          key=lambda p: not p.is_namespace_init):
+        kill(process)
+
+
+def wait_for(probe: Callable[[], T], timeout: float = 30.0, interval: float = 0.05) -> T:
+    """Calls PROBE until it returns something true or TIMEOUT seconds have passed; returns the
+    last result, for the caller to assert on."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = probe()
+        if result or time.monotonic() >= deadline:
+            return result
+        time.sleep(interval)
+
+
+def wait_until_none(probe: Callable[[], List[T]], timeout: float = 30.0,
+                    interval: float = 0.05) -> List[T]:
+    """Calls PROBE until it returns an empty list or TIMEOUT seconds have passed; returns the
+    last list (empty on success), for the caller to assert on."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = probe()
+        if not result or time.monotonic() >= deadline:
+            return result
+        time.sleep(interval)
