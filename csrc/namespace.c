@@ -184,13 +184,15 @@ static void arrange_fds(int lifeline, int ready, int program)
  * or after exec. */
 static void drop_privileges(int ready_fd)
 {
+    /* uid 0 gains no capability at exec, and nothing can undo that. */
+    const unsigned long securebits = SECBIT_NOROOT | SECBIT_NOROOT_LOCKED |
+                                     SECBIT_NO_SETUID_FIXUP | SECBIT_NO_SETUID_FIXUP_LOCKED |
+                                     SECBIT_KEEP_CAPS_LOCKED | SECBIT_NO_CAP_AMBIENT_RAISE |
+                                     SECBIT_NO_CAP_AMBIENT_RAISE_LOCKED;
+
     if (setgroups(0, NULL) < 0)
         child_failed(ready_fd, STEP_DROP_GROUPS);
-    if (prctl(PR_SET_SECUREBITS, SECBIT_NOROOT | SECBIT_NOROOT_LOCKED | SECBIT_NO_SETUID_FIXUP |
-                                     SECBIT_NO_SETUID_FIXUP_LOCKED | SECBIT_KEEP_CAPS_LOCKED |
-                                     SECBIT_NO_CAP_AMBIENT_RAISE |
-                                     SECBIT_NO_CAP_AMBIENT_RAISE_LOCKED,
-              0, 0, 0) < 0)
+    if (prctl(PR_SET_SECUREBITS, securebits, 0, 0, 0) < 0)
         child_failed(ready_fd, STEP_SECUREBITS);
     for (int cap = 0;; cap++) {
         if (prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0) {
