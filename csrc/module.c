@@ -2,6 +2,7 @@
 #define PAM_SM_SESSION
 
 #include <errno.h>
+#include <pwd.h>
 #include <security/pam_ext.h>
 #include <security/pam_modules.h>
 #include <stdlib.h>
@@ -51,6 +52,33 @@ static void free_session(pam_handle_t *pamh, void *data, int error_status)
     (void)error_status;
     pu_session_release(data);
     free(data);
+}
+
+static int lookup_uid(const char *user, uid_t *uid, struct pu_failure *why)
+{
+    struct passwd pw, *found = NULL;
+    char buf[4096];
+    int err = getpwnam_r(user, &pw, buf, sizeof buf, &found);
+
+    if (found == NULL) {
+        *why = (struct pu_failure){"looking up the user's uid for scope=user", err ? err : ENOENT};
+        return -1;
+    }
+    *uid = pw.pw_uid;
+    return 0;
+}
+
+/* scope=session: a namespace of its own; scope=user: the user's one, made if needed. */
+static int start_or_join(const struct pu_options *opts, const char *user,
+                         struct pu_session *session, struct pu_failure *why)
+{
+    uid_t uid;
+
+    if (opts->scope == PU_SCOPE_SESSION)
+        return pu_session_start(opts, session, why);
+    if (lookup_uid(user, &uid, why) < 0)
+        return -1;
+    return pu_session_start_user(opts, uid, session, why);
 }
 
 static struct pu_session *open_session_of(pam_handle_t *pamh)
@@ -109,7 +137,7 @@ PAM_EXTERN int pam_sm_open_session(pam_handle_t *pamh, int flags, int argc, cons
     }
 
     pu_debug(pamh, &opts, "starting a PID namespace for user %s", user);
-    if (pu_session_start(&opts, session, &why) < 0) {
+    if (start_or_join(&opts, user, session, &why) < 0) {
         pam_set_data(pamh, SESSION_DATA, NULL, NULL);
         return session_failed(pamh, &opts, user, &why);
     }
@@ -132,8 +160,11 @@ PAM_EXTERN int pam_sm_close_session(pam_handle_t *pamh, int flags, int argc, con
         pu_debug(pamh, &opts, "no namespaced session to close");
         return PAM_SUCCESS;
     }
-    pu_debug(pamh, &opts, "closing the session of init pid %d (%s)", (int)session->init_pid,
-             session->on_logout == PU_ON_LOGOUT_KILL ? "kill" : "linger");
+    pu_debug(pamh, &opts, "closing the session of init pid %d (%s%s)", (int)session->init_pid,
+             session->on_logout == PU_ON_LOGOUT_KILL ? "kill" : "linger",
+             session->kill_on_close || session->on_logout != PU_ON_LOGOUT_KILL
+                 ? ""
+                 : " once the user's last session closes");
     if (pu_session_end(session, &why) < 0) {
         errno = why.err;
         pam_syslog(pamh, LOG_ERR, "%s failed at session close: %m", why.step);

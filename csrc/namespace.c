@@ -12,7 +12,12 @@
 #include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/prctl.h>
+#include <sys/file.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/un.h>
+#include <stdio.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -37,7 +42,12 @@ extern const unsigned char pu_init_blob_end[];
 #define EXIT_TIMEOUT_MS 10000
 
 /* The fds PID 1 finds at exec (see init/init.c). */
-enum { INIT_LIFELINE_FD = 3, INIT_READY_FD = 4, INIT_PROGRAM_FD = 5 };
+enum { INIT_LIFELINE_FD = 3, INIT_READY_FD = 4, INIT_LISTEN_FD = 5, INIT_PROGRAM_FD = 6 };
+
+/* scope=user: where a user's namespace can be found. Root-only, and in /run so that a reboot
+ * forgets it. */
+#define STATE_DIR "/run/pam_unshare"
+#define LISTEN_BACKLOG 128
 
 /* Steps of the child before it becomes the init; their index crosses the ready pipe. */
 enum child_step {
@@ -47,6 +57,7 @@ enum child_step {
     STEP_WRITE_INIT,
     STEP_SEAL_INIT,
     STEP_CHDIR,
+    STEP_LISTEN,
     STEP_MOVE_FDS,
     STEP_CLOSE_FDS,
     STEP_DROP_GROUPS,
@@ -65,6 +76,7 @@ static const char *const CHILD_STEP_NAMES[STEP_COUNT] = {
     [STEP_WRITE_INIT] = "writing the session init",
     [STEP_SEAL_INIT] = "sealing the session init",
     [STEP_CHDIR] = "changing the session init's directory to /",
+    [STEP_LISTEN] = "creating the socket of the user's namespace",
     [STEP_MOVE_FDS] = "passing descriptors to the session init",
     [STEP_CLOSE_FDS] = "closing inherited descriptors in the session init",
     [STEP_DROP_GROUPS] = "dropping supplementary groups of the session init",
@@ -158,26 +170,53 @@ static int create_init_program(int ready_fd)
     return fd;
 }
 
-/* Puts LIFELINE, READY and PROGRAM at the numbers the init expects and closes everything else:
- * the caller's socket, pty and pipes must not be kept alive by PID 1. */
-static void arrange_fds(int lifeline, int ready, int program)
+/* Puts LIFELINE, READY, LISTENER (-1: none) and PROGRAM at the numbers the init expects and
+ * closes everything else: the caller's socket, pty and pipes must not be kept alive by PID 1. */
+static void arrange_fds(int lifeline, int ready, int listener, int program)
 {
-    int fds[3] = {lifeline, ready, program};
-    /* Move above the target numbers first so that no dup2 overwrites a source. */
-    for (int i = 0; i < 3; i++) {
-        int high = fcntl(fds[i], F_DUPFD_CLOEXEC, 10);
-        if (high < 0)
+    int fds[4] = {lifeline, ready, listener, program};
+    const int targets[4] = {INIT_LIFELINE_FD, INIT_READY_FD, INIT_LISTEN_FD, INIT_PROGRAM_FD};
+
+    /* Above every target first, so that no dup2 overwrites a source. */
+    for (int i = 0; i < 4; i++) {
+        if (fds[i] < 0)
+            continue;
+        fds[i] = fcntl(fds[i], F_DUPFD_CLOEXEC, 10);
+        if (fds[i] < 0)
             child_failed(ready, STEP_MOVE_FDS);
-        fds[i] = high;
     }
     ready = fds[1];
-    if (dup2(fds[0], INIT_LIFELINE_FD) < 0 || dup2(fds[1], INIT_READY_FD) < 0 ||
-        dup3(fds[2], INIT_PROGRAM_FD, O_CLOEXEC) < 0)
-        child_failed(ready, STEP_MOVE_FDS);
-    ready = INIT_READY_FD;
-    if (syscall(SYS_close_range, 0, 2, 0) < 0 ||
-        syscall(SYS_close_range, INIT_PROGRAM_FD + 1, ~0U, 0) < 0)
+    if (syscall(SYS_close_range, 0, 9, 0) < 0)
         child_failed(ready, STEP_CLOSE_FDS);
+    for (int i = 0; i < 4; i++) {
+        /* The program is exec'd through its fd and needs no copy in the init. */
+        if (fds[i] >= 0 && dup3(fds[i], targets[i], i == 3 ? O_CLOEXEC : 0) < 0)
+            child_failed(ready, STEP_MOVE_FDS);
+    }
+    ready = INIT_READY_FD;
+    if (syscall(SYS_close_range, INIT_PROGRAM_FD + 1, ~0U, 0) < 0)
+        child_failed(ready, STEP_CLOSE_FDS);
+}
+
+/* scope=user: the socket later sessions of the user connect to. Made here, by the init-to-be,
+ * so that SO_PEERCRED names the init to whoever connects. */
+static void socket_address(struct sockaddr_un *addr, const char *path)
+{
+    memset(addr, 0, sizeof *addr);
+    addr->sun_family = AF_UNIX;
+    snprintf(addr->sun_path, sizeof addr->sun_path, "%s", path);
+}
+
+static int listen_for_joiners(const char *path, int ready_fd)
+{
+    struct sockaddr_un addr;
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+
+    socket_address(&addr, path);
+    if (fd < 0 || bind(fd, (struct sockaddr *)&addr, sizeof addr) < 0 ||
+        listen(fd, LISTEN_BACKLOG) < 0)
+        child_failed(ready_fd, STEP_LISTEN);
+    return fd;
 }
 
 /* PID 1 keeps uid 0 (so the session's user cannot signal or ptrace it) but no capability, now
@@ -208,12 +247,14 @@ static void drop_privileges(int ready_fd)
 }
 
 __attribute__((noreturn)) static void become_init(const struct pu_options *opts, int lifeline,
-                                                  int ready)
+                                                  int ready, const char *listen_path)
 {
     unsigned long propagation = opts->propagation == PU_PROPAGATION_PRIVATE ? MS_PRIVATE : MS_SLAVE;
     char *const argv[] = {"pam_unshare-init",
-                          opts->on_logout == PU_ON_LOGOUT_KILL ? "kill" : "linger", NULL};
+                          opts->on_logout == PU_ON_LOGOUT_KILL ? "kill" : "linger",
+                          listen_path ? "user" : NULL, NULL};
     char *const envp[] = {NULL};
+    int listener = -1;
     int program;
 
     /* Before any mount: with / shared (every systemd host) a mount or unmount here would
@@ -227,7 +268,9 @@ __attribute__((noreturn)) static void become_init(const struct pu_options *opts,
     program = create_init_program(ready);
     if (chdir("/") < 0)
         child_failed(ready, STEP_CHDIR);
-    arrange_fds(lifeline, ready, program);
+    if (listen_path)
+        listener = listen_for_joiners(listen_path, ready);
+    arrange_fds(lifeline, ready, listener, program);
     drop_privileges(INIT_READY_FD);
     syscall(SYS_execveat, INIT_PROGRAM_FD, "", argv, envp, AT_EMPTY_PATH);
     child_failed(INIT_READY_FD, STEP_EXEC_INIT);
@@ -285,21 +328,44 @@ static long clone_init(int *pidfd)
     return pid;
 }
 
-int pu_session_start(const struct pu_options *opts, struct pu_session *session,
-                     struct pu_failure *why)
+/* Moves the caller into the mount namespace of PIDFD and makes its future children members of
+ * its PID namespace, in one atomic setns(). */
+static int join_namespaces(int pidfd, struct pu_failure *why)
 {
-    int lifeline[2] = {-1, -1};
-    int ready[2] = {-1, -1};
-    int pidfd = -1;
     char cwd[PATH_MAX];
-    int have_cwd;
-    long pid;
+    int have_cwd = getcwd(cwd, sizeof cwd) != NULL;
 
+    if (setns(pidfd, CLONE_NEWPID | CLONE_NEWNS) < 0)
+        return fail(why, "joining the session's namespaces (setns)", errno);
+    /* setns() into a mount namespace moves the working directory to its root; the namespace is
+     * a copy of the caller's, so the same path leads back. */
+    if (!have_cwd || chdir(cwd) < 0) {
+        if (chdir("/") < 0) {
+            /* Cannot happen for root in a copy of its own tree; nothing left to fall back to. */
+        }
+    }
+    return 0;
+}
+
+static void init_session(struct pu_session *session, const struct pu_options *opts)
+{
     session->pidfd = -1;
     session->lifeline_fd = -1;
     session->opener = getpid();
     session->init_pid = 0;
     session->on_logout = opts->on_logout;
+    session->kill_on_close = opts->on_logout == PU_ON_LOGOUT_KILL && opts->scope == PU_SCOPE_SESSION;
+}
+
+/* Starts PID 1 in new namespaces and joins them; LISTEN_PATH (NULL: none) is the socket on which
+ * it accepts later sessions of the same user. */
+static int start_namespace(const struct pu_options *opts, const char *listen_path,
+                           struct pu_session *session, struct pu_failure *why)
+{
+    int lifeline[2] = {-1, -1};
+    int ready[2] = {-1, -1};
+    int pidfd = -1;
+    long pid;
 
     if (pipe2(lifeline, O_CLOEXEC) < 0)
         return fail(why, "creating the session lifeline pipe", errno);
@@ -317,7 +383,7 @@ int pu_session_start(const struct pu_options *opts, struct pu_session *session,
     if (pid == 0) {
         close(lifeline[1]);
         close(ready[0]);
-        become_init(opts, lifeline[0], ready[1]);
+        become_init(opts, lifeline[0], ready[1], listen_path);
     }
     if (pid < 0) {
         int err = errno;
@@ -330,34 +396,148 @@ int pu_session_start(const struct pu_options *opts, struct pu_session *session,
     close(lifeline[0]);
     close(ready[1]);
 
-    if (await_ready(ready[0], why) < 0)
-        goto discard;
-    close_if_open(&ready[0]);
-
-    /* setns() into a mount namespace moves the working directory to its root; the new
-     * namespace is a copy of the old, so the same path leads back. */
-    have_cwd = getcwd(cwd, sizeof cwd) != NULL;
-    if (setns(pidfd, CLONE_NEWPID | CLONE_NEWNS) < 0) {
-        fail(why, "joining the session's namespaces (setns)", errno);
-        goto discard;
+    if (await_ready(ready[0], why) < 0 || join_namespaces(pidfd, why) < 0) {
+        close(ready[0]);
+        close(lifeline[1]);
+        discard_init(pidfd);
+        close(pidfd);
+        return -1;
     }
-    if (!have_cwd || chdir(cwd) < 0) {
-        if (chdir("/") < 0) {
-            /* Cannot happen for root in a copy of its own tree; nothing left to fall back to. */
-        }
-    }
-
+    close(ready[0]);
     session->pidfd = pidfd;
     session->lifeline_fd = lifeline[1];
     session->init_pid = (pid_t)pid;
     return 0;
+}
 
-discard:
-    close_if_open(&ready[0]);
-    close(lifeline[1]);
-    discard_init(pidfd);
-    close(pidfd);
-    return -1;
+int pu_session_start(const struct pu_options *opts, struct pu_session *session,
+                     struct pu_failure *why)
+{
+    init_session(session, opts);
+    return start_namespace(opts, NULL, session, why);
+}
+
+/* ---- scope=user ------------------------------------------------------------------------------ */
+
+/* The state directory, made if missing; refused unless it is a root-owned directory that nobody
+ * else may write, since whoever could plant a socket there could hand out namespaces. */
+static int open_state_dir(struct pu_failure *why)
+{
+    struct stat st;
+    int fd;
+
+    if (mkdir(STATE_DIR, 0700) < 0 && errno != EEXIST)
+        return fail(why, "creating " STATE_DIR, errno);
+    fd = open(STATE_DIR, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0)
+        return fail(why, "opening " STATE_DIR, errno);
+    if (fstat(fd, &st) < 0 || st.st_uid != 0 || (st.st_mode & 077) != 0) {
+        close(fd);
+        return fail(why, "checking that " STATE_DIR " is root-only", EPERM);
+    }
+    return fd;
+}
+
+/* Tries to join the running namespace of the user behind SOCKET_PATH. 1: joined; 0: there is
+ * none (no socket, nobody listening, or its PID 1 is on its way out); -1: failure. */
+static int join_user_namespace(const char *socket_path, struct pu_session *session,
+                               struct pu_failure *why)
+{
+    struct sockaddr_un addr;
+    struct ucred peer;
+    socklen_t peer_len = sizeof peer;
+    struct pollfd still_there;
+    char answer = 0;
+    int sock, pidfd;
+    ssize_t got;
+
+    socket_address(&addr, socket_path);
+    sock = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (sock < 0)
+        return fail(why, "creating a socket to join the user's namespace", errno);
+    if (connect(sock, (struct sockaddr *)&addr, sizeof addr) < 0) {
+        int err = errno;
+        close(sock);
+        if (err == ENOENT || err == ECONNREFUSED)
+            return 0;
+        return fail(why, "connecting to the user's namespace", err);
+    }
+    /* PID 1 answers once it has counted us: from then on it stays while we hold the socket. */
+    if (wait_readable(sock, READY_TIMEOUT_MS) < 0) {
+        int err = errno;
+        close(sock);
+        return fail(why, "waiting for the user's namespace to accept the session", err);
+    }
+    do {
+        got = read(sock, &answer, 1);
+    } while (got < 0 && errno == EINTR);
+    if (got != 1 || answer != 'J') {
+        close(sock);
+        return 0;
+    }
+    if (getsockopt(sock, SOL_SOCKET, SO_PEERCRED, &peer, &peer_len) < 0 || peer.uid != 0) {
+        int err = errno ? errno : EPERM;
+        close(sock);
+        return fail(why, "checking who answers on the user's namespace socket", err);
+    }
+    pidfd = (int)syscall(SYS_pidfd_open, peer.pid, 0);
+    if (pidfd < 0) {
+        close(sock);
+        return 0;
+    }
+    /* The peer still holds the connection after the pidfd was taken, so the pidfd is that
+     * process and not a newcomer that reused its number. */
+    still_there = (struct pollfd){.fd = sock, .events = POLLRDHUP};
+    if (poll(&still_there, 1, 0) != 0) {
+        close(pidfd);
+        close(sock);
+        return 0;
+    }
+    if (join_namespaces(pidfd, why) < 0) {
+        close(pidfd);
+        close(sock);
+        return -1;
+    }
+    session->pidfd = pidfd;
+    session->lifeline_fd = sock;
+    session->init_pid = peer.pid;
+    return 1;
+}
+
+int pu_session_start_user(const struct pu_options *opts, uid_t uid, struct pu_session *session,
+                          struct pu_failure *why)
+{
+    char socket_name[64], socket_path[128], lock_name[64];
+    int dir, lock, rc;
+
+    init_session(session, opts);
+    snprintf(socket_name, sizeof socket_name, "user-%u.sock", (unsigned)uid);
+    snprintf(socket_path, sizeof socket_path, STATE_DIR "/%s", socket_name);
+    snprintf(lock_name, sizeof lock_name, "user-%u.lock", (unsigned)uid);
+    if ((dir = open_state_dir(why)) < 0)
+        return -1;
+    lock = openat(dir, lock_name, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (lock < 0) {
+        close(dir);
+        return fail(why, "opening the lock of the user's namespace", errno);
+    }
+    /* Two logins of one user at once must end in one namespace: find-or-create under a lock. */
+    while ((rc = flock(lock, LOCK_EX)) < 0 && errno == EINTR)
+        ;
+    if (rc < 0) {
+        rc = fail(why, "locking the user's namespace", errno);
+    } else if ((rc = join_user_namespace(socket_path, session, why)) == 0) {
+        /* None alive: whatever socket is left belongs to a namespace that died. */
+        if (unlinkat(dir, socket_name, 0) < 0 && errno != ENOENT)
+            rc = fail(why, "removing the stale socket of the user's namespace", errno);
+        else
+            rc = start_namespace(opts, socket_path, session, why);
+    } else if (rc == 1) {
+        rc = 0;
+    }
+    close(lock); /* also releases the flock */
+    close(dir);
+    return rc;
 }
 
 int pu_session_end(struct pu_session *session, struct pu_failure *why)
@@ -371,11 +551,11 @@ int pu_session_end(struct pu_session *session, struct pu_failure *why)
     /* Kill without waiting: PID 1's exit kills everything in the namespace, but completes only
      * once all of it has been reaped, and a caller like sudo (its monitor) or sshd (its session
      * child) reaps its own child in the namespace only after pam_close_session returns. */
-    if (session->on_logout == PU_ON_LOGOUT_KILL &&
+    if (session->kill_on_close &&
         syscall(SYS_pidfd_send_signal, session->pidfd, SIGKILL, NULL, 0) < 0 && errno != ESRCH)
         rc = fail(why, "killing the session init (pidfd_send_signal)", errno);
-    /* With linger, closing the lifeline is the whole message: PID 1 leaves once the namespace
-     * is empty. */
+    /* Otherwise closing the lifeline is the whole message: PID 1 leaves once no session holds
+     * one and (linger) the namespace is empty. */
     pu_session_release(session);
     return rc;
 }

@@ -17,7 +17,8 @@ struct pu_session {
     int lifeline_fd;  /* the only write end of PID 1's lifeline; closing it ends the session */
     pid_t opener;     /* the process that opened the session; only it may end it */
     pid_t init_pid;   /* PID 1's number in the caller's namespace, for logs only */
-    int on_logout;    /* enum pu_on_logout */
+    int on_logout;     /* enum pu_on_logout */
+    int kill_on_close; /* on_logout=kill with scope=session: close SIGKILLs PID 1 */
 };
 
 /* Starts a PID 1 in new PID and mount namespaces (propagation set, fresh /proc mounted), waits
@@ -27,8 +28,15 @@ struct pu_session {
 int pu_session_start(const struct pu_options *opts, struct pu_session *session,
                      struct pu_failure *why);
 
-/* At session close, in the opening process: "linger" lets PID 1 go once the namespace is empty;
- * "kill" SIGKILLs PID 1, and so the kernel kills everything in the namespace. */
+/* scope=user: joins the running namespace of user UID if there is one, otherwise starts it as
+ * pu_session_start does, with PID 1 accepting the user's later sessions. Safe against two logins
+ * at once (one namespace, never two) and against stale records, reused PIDs and dead PID 1s. */
+int pu_session_start_user(const struct pu_options *opts, uid_t uid, struct pu_session *session,
+                          struct pu_failure *why);
+
+/* At session close, in the opening process: with scope=session and on_logout=kill, SIGKILLs PID 1
+ * (so the kernel kills everything in the namespace); otherwise lets go of the lifeline, and PID 1
+ * leaves once no session holds one and (linger) the namespace is empty. */
 int pu_session_end(struct pu_session *session, struct pu_failure *why);
 
 /* Closes the descriptors without ending anything: for forked copies and PAM data cleanup. */

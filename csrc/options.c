@@ -10,6 +10,7 @@ void pu_options_init(struct pu_options *opts)
     opts->onerr = PU_ONERR_FAIL;
     opts->propagation = PU_PROPAGATION_SLAVE;
     opts->on_logout = PU_ON_LOGOUT_LINGER;
+    opts->scope = PU_SCOPE_SESSION;
     opts->exempt_users = DEFAULT_EXEMPT_USERS;
     opts->exempt_groups = NULL;
     opts->only_groups = NULL;
@@ -67,6 +68,8 @@ static const struct choice PROPAGATION_CHOICES[] = {
     {"slave", PU_PROPAGATION_SLAVE}, {"private", PU_PROPAGATION_PRIVATE}, {NULL, 0}};
 static const struct choice ON_LOGOUT_CHOICES[] = {
     {"linger", PU_ON_LOGOUT_LINGER}, {"kill", PU_ON_LOGOUT_KILL}, {NULL, 0}};
+static const struct choice SCOPE_CHOICES[] = {
+    {"session", PU_SCOPE_SESSION}, {"user", PU_SCOPE_USER}, {NULL, 0}};
 
 static const char *pick(const struct choice *choices, const char *word, int *out,
                         const char *rejection)
@@ -108,6 +111,8 @@ const char *pu_option_apply(struct pu_options *opts, const char *arg)
     if ((value = value_of(arg, "on_logout")))
         return pick(ON_LOGOUT_CHOICES, value, &opts->on_logout,
                     "on_logout must be linger or kill");
+    if ((value = value_of(arg, "scope")))
+        return pick(SCOPE_CHOICES, value, &opts->scope, "scope must be session or user");
     if ((value = value_of(arg, "exempt_users"))) {
         if ((why = check_list(value, 1)))
             return why;

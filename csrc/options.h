@@ -6,6 +6,7 @@
 enum pu_onerr { PU_ONERR_FAIL = 0, PU_ONERR_SUCCEED = 1 };
 enum pu_propagation { PU_PROPAGATION_SLAVE = 0, PU_PROPAGATION_PRIVATE = 1 };
 enum pu_on_logout { PU_ON_LOGOUT_LINGER = 0, PU_ON_LOGOUT_KILL = 1 };
+enum pu_scope { PU_SCOPE_SESSION = 0, PU_SCOPE_USER = 1 };
 
 /* Lists are comma-separated names that point into the argument strings, which PAM keeps alive
  * for the whole call. A NULL list means "not given". */
@@ -14,6 +15,7 @@ struct pu_options {
     int onerr;        /* enum pu_onerr */
     int propagation;  /* enum pu_propagation */
     int on_logout;    /* enum pu_on_logout */
+    int scope;        /* enum pu_scope */
     const char *exempt_users;
     const char *exempt_groups;
     const char *only_groups;
@@ -22,7 +24,8 @@ struct pu_options {
 /* Longest user or group name a list may hold. */
 #define PU_NAME_MAX 256
 
-/* The safe defaults: fail closed, slave propagation, linger, root exempt. */
+/* The safe defaults: fail closed, slave propagation, linger, a namespace per session, root
+ * exempt. */
 void pu_options_init(struct pu_options *opts);
 
 /* Applies one module argument. Returns NULL when accepted, otherwise a static text saying why it

@@ -13,12 +13,14 @@ ffibuilder.cdef(
     enum pu_onerr { PU_ONERR_FAIL, PU_ONERR_SUCCEED, ... };
     enum pu_propagation { PU_PROPAGATION_SLAVE, PU_PROPAGATION_PRIVATE, ... };
     enum pu_on_logout { PU_ON_LOGOUT_LINGER, PU_ON_LOGOUT_KILL, ... };
+    enum pu_scope { PU_SCOPE_SESSION, PU_SCOPE_USER, ... };
     #define PU_NAME_MAX ...
     struct pu_options {
         int debug;
         int onerr;
         int propagation;
         int on_logout;
+        int scope;
         const char *exempt_users;
         const char *exempt_groups;
         const char *only_groups;

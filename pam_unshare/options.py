@@ -10,6 +10,7 @@ from pam_unshare._core import ffi, lib
 _ONERR = {lib.PU_ONERR_FAIL: "fail", lib.PU_ONERR_SUCCEED: "succeed"}
 _PROPAGATION = {lib.PU_PROPAGATION_SLAVE: "slave", lib.PU_PROPAGATION_PRIVATE: "private"}
 _ON_LOGOUT = {lib.PU_ON_LOGOUT_LINGER: "linger", lib.PU_ON_LOGOUT_KILL: "kill"}
+_SCOPE = {lib.PU_SCOPE_SESSION: "session", lib.PU_SCOPE_USER: "user"}
 
 
 @dataclass(frozen=True)
@@ -20,6 +21,7 @@ class Options:
     onerr: str
     propagation: str
     on_logout: str
+    scope: str
     exempt_users: Tuple[str, ...] | None
     exempt_groups: Tuple[str, ...] | None
     only_groups: Tuple[str, ...] | None
@@ -57,6 +59,7 @@ def parse(arguments: Sequence[str]) -> Tuple[Options, Tuple[Rejection, ...]]:
         onerr=_ONERR[opts.onerr],
         propagation=_PROPAGATION[opts.propagation],
         on_logout=_ON_LOGOUT[opts.on_logout],
+        scope=_SCOPE[opts.scope],
         exempt_users=_names(opts.exempt_users),
         exempt_groups=_names(opts.exempt_groups),
         only_groups=_names(opts.only_groups),

@@ -74,11 +74,12 @@ def _pamtester(pam_sandbox: PamSandbox, build: SanitizedBuild, options: List[str
         [],
         ["debug", "on_logout=kill"],
         ["propagation=private", "debug"],
+        ["scope=user", "debug"],
         ["exempt_users=pu_alice"],
         ["exempt_groups=pu_exempt,nosuchgroup", "only_groups=pu_only"],
         ["frobnicate", "onerr=", "exempt_users=" + "x" * 300, "only_groups=", "=", ""],
     ],
-    ids=["defaults", "kill", "private", "exempt-user", "groups", "malformed"],
+    ids=["defaults", "kill", "private", "user-scope", "exempt-user", "groups", "malformed"],
 )
 def test_a_pam_transaction_is_clean_under_the_sanitizers(pam_sandbox, sanitized_build, users,
                                                           options):

@@ -4,17 +4,21 @@
  *   fd 3  the read end of the lifeline; it reaches EOF when the session is closed or its caller
  *         died (the caller holds the only write end)
  *   fd 4  the ready pipe; one byte on it tells the module that PID 1 runs
- *   argv[1] "linger" or "kill": what to do once the lifeline is gone
+ *   fd 5  with scope=user only: a listening unix socket; each later session of the user connects
+ *         to it, and that connection is its lifeline
+ *   argv[1] "linger" or "kill": what to do once no lifeline is left
+ *   argv[2] "user" when fd 5 is there
  *
  * Checklist, in the order it runs:
  *   1. name itself, refuse ptrace by the session's user, block every signal
  *   2. receive SIGCHLD through a signalfd (PID 1 ignores signals it has no handler for, and a
  *      handler would need a restorer; a blocked, queued signal needs neither)
  *   3. say ready
- *   4. loop, blocked in poll(): reap every exited child; once the lifeline is gone, exit at once
- *      ("kill") or when no live process is left in the namespace ("linger"). Processes that are
- *      not our children (the caller's own children, whose parent lives outside) are watched
- *      through pidfds, so the exit is noticed without polling.
+ *   4. loop, blocked in poll(): reap every exited child; accept joining sessions and answer each
+ *      with one byte, so a joiner knows it was counted before it enters; once no lifeline is
+ *      left, exit at once ("kill") or when no live process is left in the namespace ("linger").
+ *      Processes that are not our children (the caller's own children, whose parent lives
+ *      outside) are watched through pidfds, so the exit is noticed without polling.
  * Its exit makes the kernel kill whatever is left in the namespace. */
 
 #include <asm/unistd.h>
@@ -28,7 +32,11 @@
 
 #define LIFELINE_FD 3
 #define READY_FD 4
+#define LISTEN_FD 5
 #define MAX_WATCHED 32
+/* Sessions of one user that can share a namespace at once; a joiner past this is refused and
+ * its login fails rather than landing outside. */
+#define MAX_JOINED 1024
 #define EAGAIN_ 11
 #define EINTR_ 4
 
@@ -101,6 +109,9 @@ static long syscall6(long n, long a, long b, long c, long d, long e, long f)
 #ifndef __NR_pidfd_open
 #define __NR_pidfd_open 434
 #endif
+
+#define SOCK_NONBLOCK_ 04000
+#define SOCK_CLOEXEC_ 02000000
 
 __attribute__((noreturn)) static void exit_now(int status)
 {
@@ -193,6 +204,45 @@ static long scan_namespace(int *watched, int *n_watched)
     return live;
 }
 
+static int joined[MAX_JOINED];
+static int n_joined;
+
+/* Takes every pending joiner: each is counted (its connection is a lifeline) before it hears the
+ * byte that lets it enter. */
+static void accept_joiners(void)
+{
+    for (;;) {
+        long fd = sys4(__NR_accept4, LISTEN_FD, 0, 0, SOCK_NONBLOCK_ | SOCK_CLOEXEC_);
+        if (fd < 0)
+            return;
+        if (n_joined == MAX_JOINED || sys3(__NR_write, fd, "J", 1) != 1) {
+            sys1(__NR_close, fd);
+            continue;
+        }
+        joined[n_joined++] = (int)fd;
+    }
+}
+
+/* Drops the joined sessions whose connection has been closed. */
+static void drop_closed(const struct pollfd *fds, int count)
+{
+    char byte;
+    for (int i = 0; i < count; i++) {
+        if (!fds[i].revents)
+            continue;
+        long n = sys3(__NR_read, fds[i].fd, &byte, 1);
+        if (n > 0 || n == -EAGAIN_ || n == -EINTR_)
+            continue;
+        sys1(__NR_close, fds[i].fd);
+        for (int j = 0; j < n_joined; j++) {
+            if (joined[j] == fds[i].fd) {
+                joined[j] = joined[--n_joined];
+                break;
+            }
+        }
+    }
+}
+
 long init_main(long *stack);
 
 long init_main(long *stack)
@@ -200,12 +250,14 @@ long init_main(long *stack)
     long argc = stack[0];
     char **argv = (char **)(stack + 1);
     int linger = !(argc > 1 && same_text(argv[1], "kill"));
+    int listening = argc > 2 && same_text(argv[2], "user");
     int lifeline_open = 1;
     unsigned long all_signals = ~0UL;
     unsigned long sigchld = 1UL << (SIGCHLD - 1);
     char buf[sizeof(struct signalfd_siginfo) * 4];
     int watched[MAX_WATCHED];
     int n_watched = 0;
+    static struct pollfd fds[3 + MAX_WATCHED + MAX_JOINED];
 
     sys2(__NR_prctl, PR_SET_NAME, "pam_unshare");
     /* Root-owned and not dumpable: the session's user can neither ptrace nor read us. */
@@ -219,14 +271,16 @@ long init_main(long *stack)
     sys1(__NR_close, READY_FD);
 
     for (;;) {
-        struct pollfd fds[2 + MAX_WATCHED];
         int nfds = 0;
+        int first_joined;
 
         drain((int)sigfd, buf, sizeof buf);
         reap_children();
+        if (listening)
+            accept_joiners();
         close_all(watched, n_watched);
         n_watched = 0;
-        if (!lifeline_open) {
+        if (!lifeline_open && n_joined == 0) {
             if (!linger)
                 exit_now(0);
             /* Two empty scans in a row: a process forked while the first scan was reading the
@@ -234,8 +288,14 @@ long init_main(long *stack)
             long live = scan_namespace(watched, &n_watched);
             if (live == 0) {
                 live = scan_namespace(watched, &n_watched);
-                if (live == 0)
-                    exit_now(0);
+                if (live == 0) {
+                    /* A joiner that connected meanwhile keeps the namespace alive. */
+                    if (listening)
+                        accept_joiners();
+                    if (n_joined == 0)
+                        exit_now(0);
+                    continue;
+                }
             }
             if (live < 0)
                 exit_now(2);
@@ -243,8 +303,13 @@ long init_main(long *stack)
         fds[nfds++] = (struct pollfd){.fd = (int)sigfd, .events = POLLIN};
         if (lifeline_open)
             fds[nfds++] = (struct pollfd){.fd = LIFELINE_FD, .events = POLLIN};
+        if (listening)
+            fds[nfds++] = (struct pollfd){.fd = LISTEN_FD, .events = POLLIN};
         for (int i = 0; i < n_watched; i++)
             fds[nfds++] = (struct pollfd){.fd = watched[i], .events = POLLIN};
+        first_joined = nfds;
+        for (int i = 0; i < n_joined; i++)
+            fds[nfds++] = (struct pollfd){.fd = joined[i], .events = POLLIN};
         long ready = sys3(__NR_poll, fds, nfds, -1);
         if (ready < 0 && ready != -EINTR_)
             exit_now(3);
@@ -255,6 +320,7 @@ long init_main(long *stack)
                 sys1(__NR_close, LIFELINE_FD);
             }
         }
+        drop_closed(fds + first_joined, nfds - first_joined);
     }
 }
 

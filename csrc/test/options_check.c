@@ -15,8 +15,8 @@ int main(int argc, char **argv)
         printf("%s\t%s\n", why ? "rejected" : "accepted", why ? why : argv[i]);
         rejected += why != NULL;
     }
-    printf("debug=%d onerr=%d propagation=%d on_logout=%d\n", opts.debug, opts.onerr,
-           opts.propagation, opts.on_logout);
+    printf("debug=%d onerr=%d propagation=%d on_logout=%d scope=%d\n", opts.debug, opts.onerr,
+           opts.propagation, opts.on_logout, opts.scope);
     printf("exempt_users=%s\n", opts.exempt_users ? opts.exempt_users : "(unset)");
     printf("exempt_groups=%s\n", opts.exempt_groups ? opts.exempt_groups : "(unset)");
     printf("only_groups=%s\n", opts.only_groups ? opts.only_groups : "(unset)");

@@ -13,6 +13,7 @@ def test_defaults_are_the_safe_ones():
     assert options.onerr == "fail"
     assert options.propagation == "slave"
     assert options.on_logout == "linger"
+    assert options.scope == "session"
     assert options.exempt_users == ("root",)
     assert options.exempt_groups is None
     assert options.only_groups is None
@@ -21,7 +22,7 @@ def test_defaults_are_the_safe_ones():
 
 def test_every_option_is_understood():
     options, rejections = parse([
-        "debug", "onerr=succeed", "propagation=private", "on_logout=kill",
+        "debug", "onerr=succeed", "propagation=private", "on_logout=kill", "scope=user",
         "exempt_users=root,alice", "exempt_groups=admins,wheel", "only_groups=students",
     ])
     assert rejections == ()
@@ -29,6 +30,7 @@ def test_every_option_is_understood():
     assert options.onerr == "succeed"
     assert options.propagation == "private"
     assert options.on_logout == "kill"
+    assert options.scope == "user"
     assert options.exempt_users == ("root", "alice")
     assert options.exempt_groups == ("admins", "wheel")
     assert options.only_groups == ("students",)
@@ -54,6 +56,7 @@ def test_the_last_occurrence_wins():
         ("onerr", "unknown option"),
         ("propagation=shared", "propagation must be slave or private"),
         ("on_logout=", "on_logout must be linger or kill"),
+        ("scope=users", "scope must be session or user"),
         ("only_groups=", "empty list"),
         ("exempt_users=alice,", "empty name in list"),
         ("exempt_users=,alice", "empty name in list"),
