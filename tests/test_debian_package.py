@@ -1,0 +1,493 @@
+"""The Debian package libpam-unshare (packaging/).
+
+packaging/build-deb builds the .deb into a temporary directory; lintian must print no error and no
+warning; its contents are checked; then it is installed, the way an administrator would, into a
+booted Debian 12 systemd container of its own (tests/hosts): ``dpkg -i``, ``pam-auth-update
+--enable pam-unshare``, real logins, ``--disable``, remove and purge, after which /etc/pam.d must be
+byte-identical to what it was before the install. Nothing here touches this machine's PAM
+configuration or package database.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List
+
+import pytest
+from conftest import require, require_tools
+from hosts.fixtures import CACHE_ENV, systemd_container_missing, unavailable
+from hosts.systemd_container import DEFAULT_CACHE_DIR, SystemdContainer, build_rootfs
+
+ROOT = Path(__file__).resolve().parent.parent
+BUILD_DEB = ROOT / "packaging" / "build-deb"
+DEBIAN_DIR = ROOT / "packaging" / "debian"
+PACKAGE = "libpam-unshare"
+PROFILE_NAME = "pam-unshare"
+MODULE = "usr/lib/x86_64-linux-gnu/security/pam_unshare.so"
+PROFILE = f"usr/share/pam-configs/{PROFILE_NAME}"
+MANPAGE = "usr/share/man/man8/pam_unshare.8.gz"
+# Everything the man page must cover (the issue's list).
+MAN_SECTIONS = ("NAME", "SYNOPSIS", "DESCRIPTION", "OPTIONS", "MODULE TYPES PROVIDED",
+                "RETURN VALUES", "EXAMPLES", "ORDERING", "SECURITY NOTES", "FILES", "SEE ALSO")
+# The options of the issue; the man page must also document any other csrc/options.c accepts.
+MAN_OPTIONS = ("debug", "onerr=", "propagation=", "on_logout=", "exempt_users=",
+               "exempt_groups=", "only_groups=")
+OPTIONS_C = ROOT / "csrc" / "options.c"
+MAN_TERMS = ("PAM_SUCCESS", "PAM_SYSTEM_ERR", "PAM_SESSION_ERR", "pam_loginuid", "pam_systemd",
+             "pam_selinux", "GetUnitProcesses", "systemd --user", "cron", "/proc/self",
+             "CLONE_THREAD", "common-session-noninteractive")
+
+DEB_IN_CONTAINER = "/root/libpam-unshare.deb"
+ALICE = "pu_alice"
+BOB = "pu_bob"
+SSH_KEY = "/root/pu-ssh-key"
+# Commands inside the container: no debconf prompts, no frontend warnings.
+NONINTERACTIVE = "export DEBIAN_FRONTEND=noninteractive; "
+# A file tree as {relative path: "file <mode> <sha256>" | "link <target>" | "dir <mode>"}.
+SNAPSHOT_SCRIPT = r"""
+import hashlib, json, os, stat, sys
+tree = {}
+for top in sys.argv[1:]:
+    for dirpath, dirnames, filenames in os.walk(top):
+        for name in sorted(dirnames + filenames):
+            path = os.path.join(dirpath, name)
+            st = os.lstat(path)
+            if stat.S_ISLNK(st.st_mode):
+                tree[path] = "link " + os.readlink(path)
+            elif stat.S_ISDIR(st.st_mode):
+                tree[path] = "dir %o" % stat.S_IMODE(st.st_mode)
+            else:
+                with open(path, "rb") as f:
+                    digest = hashlib.sha256(f.read()).hexdigest()
+                tree[path] = "file %o %d:%d %s" % (stat.S_IMODE(st.st_mode), st.st_uid,
+                                                   st.st_gid, digest)
+json.dump(tree, sys.stdout, sort_keys=True)
+"""
+
+
+# --------------------------------------------------------------------------- #
+# Building
+# --------------------------------------------------------------------------- #
+
+
+def project_version() -> str:
+    """[project] version of pyproject.toml: where the package's version comes from."""
+    text = (ROOT / "pyproject.toml").read_text()
+    project = re.search(r"^\[project\]\n(.*?)(?=^\[|\Z)", text, re.S | re.M)
+    assert project, "pyproject.toml has no [project] table"
+    version = re.search(r'^version\s*=\s*"([^"]+)"', project[1], re.M)
+    assert version, "pyproject.toml's [project] has no version"
+    return version[1]
+
+
+def debian_version(version: str) -> str:
+    """The Debian spelling of a PEP 440 version (build-deb does the same): 1.0rc1 -> 1.0~rc1."""
+    return re.sub(r"(a|b|rc)([0-9]+)", r"~\1\2", version).replace(".dev", "~dev")
+
+
+def build_droppings() -> List[Path]:
+    """What an in-tree dpkg-buildpackage would leave behind: build-deb must never do that."""
+    found = [p for p in (ROOT / "debian", DEBIAN_DIR / "changelog", DEBIAN_DIR / "files",
+                         DEBIAN_DIR / "build", DEBIAN_DIR / PACKAGE, DEBIAN_DIR / ".debhelper",
+                         DEBIAN_DIR / "debhelper-build-stamp") if p.exists()]
+    for where in (ROOT, ROOT / "packaging", ROOT.parent):
+        found += sorted(where.glob(f"{PACKAGE}*.deb")) + sorted(where.glob("pam-unshare_*"))
+    return found
+
+
+@pytest.fixture(scope="session")
+def deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """packaging/build-deb OUTDIR, once per test session."""
+    require_tools("dpkg-buildpackage", "dpkg-checkbuilddeps", "dh", "python3")
+    deps = subprocess.run(["dpkg-checkbuilddeps", str(DEBIAN_DIR / "control")],
+                          capture_output=True, text=True)
+    require(deps.returncode == 0, f"Build-Depends missing: {deps.stderr.strip()}")
+    before = build_droppings()
+    out = tmp_path_factory.mktemp("deb")
+    t0 = time.monotonic()
+    res = subprocess.run([str(BUILD_DEB), str(out)], capture_output=True, text=True, timeout=900)
+    if res.returncode != 0:
+        pytest.fail(f"build-deb failed (rc {res.returncode}):\n{res.stdout}\n{res.stderr}")
+    print(f"\nbuild-deb: {time.monotonic() - t0:.1f}s", file=sys.stderr)
+    path = Path(res.stdout.strip().splitlines()[-1])
+    assert path == out / f"{PACKAGE}_{debian_version(project_version())}_amd64.deb", res.stdout
+    assert path.is_file(), sorted(out.iterdir())
+    assert build_droppings() == before, "build-deb left files in the source tree"
+    return path
+
+
+def deb_field(deb: Path, field: str) -> str:
+    return subprocess.run(["dpkg-deb", "-f", str(deb), field], capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
+@pytest.fixture(scope="session")
+def unpacked(deb: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The .deb's files (dpkg-deb -x) with its control files in DEBIAN/ (dpkg-deb -e)."""
+    root = tmp_path_factory.mktemp("unpacked")
+    subprocess.run(["dpkg-deb", "-x", str(deb), str(root)], check=True)
+    subprocess.run(["dpkg-deb", "-e", str(deb), str(root / "DEBIAN")], check=True)
+    return root
+
+
+def test_version_from_pyproject(deb: Path):
+    assert deb_field(deb, "Package") == PACKAGE
+    assert deb_field(deb, "Version") == debian_version(project_version())
+    assert deb_field(deb, "Architecture") == "amd64"
+    # No version written down anywhere else in packaging/.
+    for path in DEBIAN_DIR.rglob("*"):
+        if path.is_file():
+            assert project_version() not in path.read_text(errors="replace"), path
+
+
+def test_lintian_clean(deb: Path):
+    """No error and no warning; the overrides (informational tags only) carry their reasons."""
+    require_tools("lintian")
+    res = subprocess.run(["lintian", "--fail-on", "error,warning", str(deb)],
+                         capture_output=True, text=True, timeout=300)
+    report = res.stdout + res.stderr
+    assert [ln for ln in report.splitlines() if ln.startswith(("E:", "W:"))] == [], report
+    assert res.returncode == 0, report
+    overrides = (DEBIAN_DIR / f"{PACKAGE}.lintian-overrides").read_text().splitlines()
+    for i, line in enumerate(overrides):
+        if line and not line.startswith("#"):
+            assert i > 0 and overrides[i - 1].startswith("#"), f"override without a reason: {line}"
+
+
+def test_deb_contents(deb: Path, unpacked: Path):
+    listing = subprocess.run(["dpkg-deb", "-c", str(deb)], capture_output=True, text=True,
+                             check=True).stdout
+    entries = {}
+    for line in listing.splitlines():
+        mode, owner, _size, _date, _time, name = line.split(None, 5)
+        entries[name.removeprefix("./")] = (mode, owner)
+    assert entries[MODULE] == ("-rw-r--r--", "root/root"), listing
+    assert entries[MANPAGE] == ("-rw-r--r--", "root/root"), listing
+    assert entries[PROFILE] == ("-rw-r--r--", "root/root"), listing
+    # The module is the only binary: the init is embedded, the CLI is not in this package.
+    files = [name for name, (mode, _) in entries.items() if mode.startswith("-")]
+    assert [f for f in files if "/bin/" in f or f.endswith(".so")] == [MODULE], listing
+    assert not [f for f in files if "/man1/" in f], listing
+
+    module = unpacked / MODULE
+    dynamic = subprocess.run(["readelf", "-d", "-W", str(module)], capture_output=True,
+                             text=True, check=True).stdout
+    needed = set(re.findall(r"\(NEEDED\).*\[(.+)\]", dynamic))
+    assert needed == {"libc.so.6", "libpam.so.0"}, dynamic
+    assert "BIND_NOW" in dynamic, dynamic
+    exported = subprocess.run(["nm", "-D", "--defined-only", str(module)], capture_output=True,
+                              text=True, check=True).stdout.split()[2::3]
+    assert sorted(exported) == ["pam_sm_close_session", "pam_sm_open_session"]
+    headers = subprocess.run(["readelf", "-l", "-W", str(module)], capture_output=True,
+                             text=True, check=True).stdout
+    stack = [ln for ln in headers.splitlines() if "GNU_STACK" in ln]
+    assert stack and "RWE" not in stack[0], headers
+    assert "GNU_RELRO" in headers, headers
+
+    depends = deb_field(deb, "Depends")
+    assert "libpam-runtime" in depends and "libpam0g" in depends, depends
+
+
+def parse_profile(text: str) -> Dict[str, str]:
+    """A pam-auth-update profile: "Field: value" lines, indented continuation lines."""
+    fields: Dict[str, str] = {}
+    key = ""
+    for line in text.splitlines():
+        if match := re.match(r"^(\S+):\s*(.*)$", line):
+            key = match[1]
+            fields[key] = match[2].strip()
+        elif line.strip():
+            fields[key] = (fields[key] + "\n" + line.strip()).strip()
+    return fields
+
+
+def test_profile(unpacked: Path):
+    profile = parse_profile((unpacked / PROFILE).read_text())
+    assert profile["Default"] == "no"
+    assert profile["Session-Type"] == "Additional"
+    assert profile["Session-Interactive-Only"] == "yes"
+    assert profile["Session"].split() == ["required", "pam_unshare.so"]
+    # pam-auth-update orders by Priority (higher first), then by name: below libpam-systemd's
+    # profile (Priority 0) and every other one that ships with priority 0.
+    assert int(profile["Priority"]) < 0
+    assert set(profile) == {"Name", "Default", "Priority", "Session-Type",
+                            "Session-Interactive-Only", "Session"}
+
+
+def test_maintainer_scripts(unpacked: Path):
+    postinst = (unpacked / "DEBIAN" / "postinst").read_text()
+    prerm = (unpacked / "DEBIAN" / "prerm").read_text()
+    assert re.search(r"^\s*pam-auth-update --package$", postinst, re.M), postinst
+    assert re.search(r"^\s*pam-auth-update --package --remove pam-unshare$", prerm, re.M), prerm
+    assert '"$1" = remove' in prerm, prerm
+    assert not (unpacked / "DEBIAN" / "postrm").exists()
+    assert not (unpacked / "DEBIAN" / "conffiles").exists()
+
+
+def source_options() -> List[str]:
+    """Every option csrc/options.c accepts: "word" flags and "key=" options."""
+    text = OPTIONS_C.read_text()
+    flags = re.findall(r'strcmp\(arg, "(\w+)"\) == 0', text)
+    keys = [f"{key}=" for key in re.findall(r'value_of\(arg, "(\w+)"\)', text)]
+    return flags + keys
+
+
+def test_man_page(unpacked: Path):
+    require_tools("man")
+    page = unpacked / MANPAGE
+    res = subprocess.run(["man", "--warnings", "-l", str(page)], capture_output=True, text=True,
+                         env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "MANWIDTH": "80"})
+    assert res.returncode == 0, res.stderr
+    assert res.stderr == "", res.stderr
+    text = res.stdout
+    # Joined lines, no hyphenation: terms wrapped over two lines still match.
+    flat = re.sub(r"\s+", " ", text)
+    for section in MAN_SECTIONS:
+        assert re.search(rf"^{section}$", text, re.M), f"section {section} missing"
+    options = text[text.index("\nOPTIONS\n"):text.index("\nMODULE TYPES PROVIDED\n")]
+    assert set(MAN_OPTIONS) <= set(source_options()), source_options()
+    for option in source_options():
+        assert re.search(rf"^ {{7}}{re.escape(option)}", options, re.M), (
+            f"option {option} (csrc/options.c) is not documented in packaging/debian/pam_unshare.8"
+        )
+    for term in MAN_TERMS:
+        assert term in flat, f"{term} not in the man page"
+    for default in ("fail (the default)", "slave (the default)", "linger (the default)",
+                    "session (the default)",
+                    "Default: root", "Default: off"):
+        assert default in flat, default
+
+
+# --------------------------------------------------------------------------- #
+# Installed in a systemd container
+# --------------------------------------------------------------------------- #
+
+
+@dataclass
+class PackageHost:
+    ct: SystemdContainer
+    pam_d: Dict[str, str]  # /etc/pam.d before the package was ever installed
+    pam_state: Dict[str, str]  # /var/lib/pam (pam-auth-update's record of profiles)
+    bob_pid: int  # a process of another user, outside any session
+
+
+def snapshot(ct: SystemdContainer, *dirs: str) -> Dict[str, str]:
+    res = ct.run(["python3", "-c", SNAPSHOT_SCRIPT, *dirs], check=True)
+    return json.loads(res.stdout)
+
+
+def sh(ct: SystemdContainer, script: str, timeout: float = 120.0) -> str:
+    """Run SCRIPT in the container as root with debconf non-interactive; fail with its output."""
+    res = ct.run(NONINTERACTIVE + script, timeout=timeout)
+    if res.returncode != 0:
+        pytest.fail(f"{script!r} failed (rc {res.returncode}):\n{res.stdout}\n{res.stderr}\n"
+                    f"journal:\n{ct.journal(None, '-n', '30')}")
+    return res.stdout
+
+
+def session_lines(ct: SystemdContainer, path: str) -> List[List[str]]:
+    return [ln.split() for ln in ct.read_file(path).splitlines()
+            if ln.strip() and not ln.lstrip().startswith("#")]
+
+
+def package_status(ct: SystemdContainer) -> str:
+    res = ct.run(["dpkg-query", "-W", "-f", "${db:Status-Status}", PACKAGE])
+    return res.stdout.strip() if res.returncode == 0 else "not-installed"
+
+
+def assert_pam_d_restored(host: PackageHost) -> None:
+    ct = host.ct
+    assert package_status(ct) == "not-installed"
+    assert ct.run(["test", "-e", "/" + MODULE]).returncode != 0
+    assert ct.run(["test", "-e", "/" + PROFILE]).returncode != 0
+    after = snapshot(ct, "/etc/pam.d")
+    changed = {k: (host.pam_d.get(k), after.get(k)) for k in host.pam_d.keys() | after.keys()
+               if host.pam_d.get(k) != after.get(k)}
+    assert changed == {}, changed
+    assert snapshot(ct, "/var/lib/pam") == host.pam_state
+
+
+@pytest.fixture(scope="module")
+def package_host(deb: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PackageHost]:
+    """A systemd container of this module's own (installing into the shared one would change
+    the stacks tests/test_systemd_host.py checks), with the .deb copied in, test users, an ssh
+    key for pu_alice and a long-running process of pu_bob."""
+    reason = systemd_container_missing()
+    if reason:
+        unavailable(reason)
+    rootfs = build_rootfs(Path(os.environ.get(CACHE_ENV) or DEFAULT_CACHE_DIR))
+    log = tmp_path_factory.mktemp("deb-container") / "nspawn.log"
+    with SystemdContainer(rootfs, log_path=log) as ct:
+        print(f"\ncontainer {ct.name} booted in {ct.boot_seconds:.1f}s, log {log}",
+              file=sys.stderr)
+        pam_d = snapshot(ct, "/etc/pam.d")
+        pam_state = snapshot(ct, "/var/lib/pam")
+        assert package_status(ct) == "not-installed"
+        assert not [k for k, v in pam_d.items() if "pam_unshare" in k]
+        ct.write_file(DEB_IN_CONTAINER, deb.read_bytes(), 0o644)
+        sh(ct, f"useradd -m -s /bin/bash {ALICE} && useradd -m -s /bin/bash {BOB}")
+        sh(ct, f"ssh-keygen -q -t ed25519 -N '' -f {SSH_KEY} && d=~{ALICE}/.ssh && "
+               f'mkdir -m 700 "$d" && cp {SSH_KEY}.pub "$d/authorized_keys" && '
+               f'chown -R {ALICE}: "$d"')
+        # runuser's stack has no common-session: pu_bob's sleep stays in the container's
+        # namespace, where a namespaced session must not see it.
+        sh(ct, f"setsid runuser -u {BOB} -- sleep 3600 </dev/null >/dev/null 2>&1 &")
+        deadline = time.monotonic() + 10
+        while (res := ct.run(["pgrep", "-u", BOB, "-x", "sleep"])).returncode != 0:
+            assert time.monotonic() < deadline, "pu_bob's sleep did not start"
+            time.sleep(0.1)
+        yield PackageHost(ct, pam_d, pam_state, int(res.stdout.split()[0]))
+
+
+@pytest.fixture()
+def enabled(package_host: PackageHost) -> Iterator[PackageHost]:
+    """The package installed and enabled; purged (and /etc/pam.d checked) afterwards."""
+    ct = package_host.ct
+    sh(ct, f"dpkg -i {DEB_IN_CONTAINER} && pam-auth-update --enable {PROFILE_NAME}")
+    try:
+        yield package_host
+    finally:
+        sh(ct, f"apt-get purge -y {PACKAGE}")
+    assert_pam_d_restored(package_host)
+
+
+def assert_namespaced_session(output: str, what: str) -> None:
+    """OUTPUT of `cat /proc/1/comm; ps -e -o pid=,user=,comm=` run as pu_alice."""
+    lines = output.replace("\r", "").strip().splitlines()
+    assert lines and lines[0] == "pam_unshare", f"{what}: {output!r}"
+    procs = [ln.split(None, 2) for ln in lines[1:]]
+    assert ["1", "root", "pam_unshare"] in procs, f"{what}: {output!r}"
+    users = {user for _, user, _ in procs}
+    comms = {comm for _, _, comm in procs}
+    assert users <= {"root", ALICE}, f"{what}: foreign users in {output!r}"
+    assert {comm for _, user, comm in procs if user == "root"} == {"pam_unshare"}, output
+    assert not comms & {"systemd", "systemd-journal", "systemd-logind", "dbus-daemon", "sleep"}
+
+
+PROBE = "cat /proc/1/comm; ps -e -o pid=,user=,comm="
+
+
+def test_install_enable_login_disable_remove_purge(package_host: PackageHost):
+    """The administrator's whole path, in order; /etc/pam.d ends byte-identical."""
+    ct = package_host.ct
+    timings: Dict[str, float] = {}
+
+    def step(name: str, script: str) -> str:
+        t0 = time.monotonic()
+        out = sh(ct, script)
+        timings[name] = time.monotonic() - t0
+        return out
+
+    step("dpkg -i", f"dpkg -i {DEB_IN_CONTAINER}")
+    assert package_status(ct) == "installed"
+    # Registered with pam-auth-update, but Default: no: not in any stack yet.
+    assert PROFILE_NAME in ct.read_file("/var/lib/pam/seen").split()
+    assert snapshot(ct, "/etc/pam.d") == package_host.pam_d
+    assert "pam_unshare" not in ct.read_file("/etc/pam.d/common-session")
+
+    step("enable", f"pam-auth-update --enable {PROFILE_NAME}")
+    lines = session_lines(ct, "/etc/pam.d/common-session")
+    ours = ["session", "required", "pam_unshare.so"]
+    assert ours in lines, lines
+    modules = [ln[2] for ln in lines if ln[0] == "session"]
+    # After pam_unix and pam_systemd, last of the stack.
+    assert modules.index("pam_unshare.so") > modules.index("pam_systemd.so"), lines
+    assert modules[-1] == "pam_unshare.so", lines
+    # Interactive only: nothing else changed.
+    changed = {k for k, v in snapshot(ct, "/etc/pam.d").items() if package_host.pam_d.get(k) != v}
+    assert changed == {"/etc/pam.d/common-session"}, changed
+
+    res = ct.run(["su", "-", ALICE, "-c", "cat /proc/1/comm"], timeout=60)
+    assert (res.returncode, res.stdout) == (0, "pam_unshare\n"), res
+    res = ct.run(["su", "-", ALICE, "-c", PROBE], timeout=60)
+    assert res.returncode == 0, res
+    assert_namespaced_session(res.stdout, "su -")
+    # The control: pu_bob's sleep is there, outside the session.
+    assert ct.read_file(f"/proc/{package_host.bob_pid}/comm").strip() == "sleep"
+    # The container outside any session is untouched.
+    assert ct.read_file("/proc/1/comm").strip() == "systemd"
+    assert ct.run(["findmnt", "-no", "PROPAGATION", "/"], check=True).stdout.strip() == "shared"
+
+    step("disable", f"pam-auth-update --disable {PROFILE_NAME}")
+    assert snapshot(ct, "/etc/pam.d") == package_host.pam_d
+    res = ct.run(["su", "-", ALICE, "-c", "cat /proc/1/comm"], timeout=60)
+    assert (res.returncode, res.stdout) == (0, "systemd\n"), res
+
+    step("apt-get remove", f"apt-get remove -y {PACKAGE}")
+    # No conffiles, no postrm: remove leaves nothing for purge; dpkg -P must still be clean.
+    step("dpkg -P", f"dpkg -P {PACKAGE}")
+    assert_pam_d_restored(package_host)
+    print(f"\nlifecycle steps: {timings}", file=sys.stderr)
+
+
+def test_purge_while_enabled(package_host: PackageHost):
+    """Removing the package without disabling the profile first takes the line out (prerm)."""
+    ct = package_host.ct
+    sh(ct, f"dpkg -i {DEB_IN_CONTAINER} && pam-auth-update --enable {PROFILE_NAME}")
+    assert "pam_unshare.so" in ct.read_file("/etc/pam.d/common-session")
+    sh(ct, f"apt-get purge -y {PACKAGE}")
+    assert_pam_d_restored(package_host)
+    res = ct.run(["su", "-", ALICE, "-c", "cat /proc/1/comm"], timeout=60)
+    assert (res.returncode, res.stdout) == (0, "systemd\n"), res
+
+
+def test_reinstall_keeps_the_choice(enabled: PackageHost):
+    """An upgrade (here: the same version again) neither drops nor duplicates the line."""
+    ct = enabled.ct
+    before = ct.read_file("/etc/pam.d/common-session")
+    sh(ct, f"dpkg -i {DEB_IN_CONTAINER}")
+    assert ct.read_file("/etc/pam.d/common-session") == before
+    assert before.count("pam_unshare.so") == 1
+
+
+@dataclass(frozen=True)
+class Entry:
+    name: str
+    argv: List[str]
+    namespaced: bool
+    why: str = ""
+
+
+SSH = ["ssh", "-i", SSH_KEY, "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
+       "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", f"{ALICE}@127.0.0.1"]
+ENTRIES = [
+    Entry("su", ["su", ALICE, "-c", PROBE], True),
+    Entry("su -", ["su", "-", ALICE, "-c", PROBE], True),
+    Entry("sudo -i", ["sudo", "-i", "-u", ALICE, "sh", "-c", PROBE], True),
+    # sshd's stack goes on after common-session (pam_motd, pam_mail, pam_limits, pam_env,
+    # pam_selinux): the profile's line is not its last, and it must work all the same.
+    Entry("ssh", [*SSH, PROBE], True),
+    # The documented limits of an interactive-only profile.
+    Entry("sudo", ["sudo", "-u", ALICE, "sh", "-c", PROBE], False,
+          "Debian's sudo stack includes common-session-noninteractive"),
+    Entry("su - root", ["su", "-", "root", "-c", PROBE], False, "root is exempt by default"),
+]
+
+
+@pytest.mark.parametrize("entry", ENTRIES, ids=[e.name for e in ENTRIES])
+def test_entry_paths(enabled: PackageHost, entry: Entry):
+    ct = enabled.ct
+    res = ct.run(entry.argv, timeout=60)
+    detail = f"{entry.name}: rc {res.returncode}\n{res.stdout}\n{res.stderr}"
+    assert res.returncode == 0, f"{detail}\njournal:\n{ct.journal(None, '-n', '30')}"
+    if entry.namespaced:
+        assert_namespaced_session(res.stdout, entry.name)
+    else:
+        assert res.stdout.splitlines()[0] == "systemd", f"{entry.why}: {detail}"
+
+
+def test_no_errors_logged(enabled: PackageHost):
+    """Sessions through the packaged profile log nothing at err or worse from PAM modules."""
+    ct = enabled.ct
+    ct.run(["su", "-", ALICE, "-c", "true"], check=True)
+    ct.run([*SSH, "true"], check=True, timeout=60)
+    errors = ct.journal(None, "-p", "err")
+    assert [ln for ln in errors.splitlines() if re.search(r"pam_(unshare|systemd)", ln)] == []
