@@ -7,11 +7,16 @@ import os
 
 CLONE_NEWNS = 0x00020000
 CLONE_NEWPID = 0x20000000
+MS_NOSUID = 0x2
+MS_NODEV = 0x4
+MS_NOEXEC = 0x8
 MS_BIND = 0x1000
 MS_REC = 0x4000
 MS_PRIVATE = 1 << 18
 MS_SLAVE = 1 << 19
 MS_SHARED = 1 << 20
+# ioctl on a namespace file: a descriptor for the parent PID namespace (linux/nsfs.h).
+NS_GET_PARENT = 0xB702
 
 _libc = ctypes.CDLL(None, use_errno=True)
 

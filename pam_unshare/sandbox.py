@@ -71,15 +71,14 @@ class Sandbox:
         return home
 
     def write_service(self, service: str, text: str) -> None:
-        (self.pam_dir / service).write_text(text, encoding="utf-8")
+        pamd.write(self.pam_dir / service, text, backup=False)
 
     def enable(self, services: Sequence[str], module: str, options: Sequence[str] = ()) -> None:
         """Puts our session line, with OPTIONS, into each service's copy."""
         line = pamd.session_line(module, options)
         for service in services:
             path = self.pam_dir / service
-            path.write_text(pamd.with_session_line(path.read_text(encoding="utf-8"), line),
-                            encoding="utf-8")
+            pamd.write(path, pamd.with_session_line(pamd.read(path), line), backup=False)
 
 
 def free_id(start: int = 60000) -> int:

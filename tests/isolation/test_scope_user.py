@@ -4,13 +4,16 @@ race)."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
 import shutil
 import stat
 import subprocess
+import sys
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Iterator, List
 
 import pytest
@@ -78,6 +81,14 @@ def test_ssh_and_su_sessions_of_one_user_share_a_namespace(host, entries, users,
             assert "sleep 301" in result.stdout and "sleep 302" in result.stdout
             assert "sleep 303" not in result.stdout, "alice sees bob's session"
             assert "pu-foreign-job" not in result.stdout
+            listed = json.loads(subprocess.run(
+                [str(Path(sys.executable).parent / "pam-unshare"), "sessions", "--json"],
+                capture_output=True, text=True, check=True).stdout)
+            shared = [entry for entry in listed
+                      if entry["id"] == hostprocs.pid_namespace(first.pid)]
+            assert len(shared) == 1 and shared[0]["scope"] == "user", listed
+            assert [login["service"] for login in shared[0]["logins"]] == ["sshd", "sshd"], (
+                "pam-unshare sessions should show both ssh logins sharing the namespace")
     finally:
         kill_tagged(tag)
 

@@ -1,0 +1,321 @@
+"""Live sessions, read from the host's process table, and entering one. The only module that
+reads /proc/PID.
+
+A session's PID 1 is the module's init: comm "pam_unshare", command line
+"pam_unshare-init linger|kill", PID 1 of a nested PID namespace (the last NSpid field is 1). Its
+processes are those of that namespace and of namespaces nested in it. The service is recorded
+nowhere: it is guessed from the init's parent, the process that opened the session (su, sudo,
+"sshd: alice [priv]"), and is "unknown" once that has gone.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import pwd
+import signal
+import time
+from dataclasses import dataclass
+from typing import Dict, List, Sequence, Set, Tuple
+
+from pam_unshare import linux
+from pam_unshare.errors import Failed, NeedsRoot, Refused
+
+INIT_COMM = "pam_unshare"
+INIT_ARGV0 = "pam_unshare-init"
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+# Short options of su and sudo that take a value (the next word is not an option).
+_SU_VALUE_OPTIONS = set("cCgGsw")
+_SUDO_VALUE_OPTIONS = set("CDghpRrTtUu")
+
+
+@dataclass(frozen=True)
+class Process:
+    pid: int  # in the host's PID namespace
+    ppid: int
+    uid: int
+    state: str
+    start: int  # clock ticks after boot: with pid, the process's identity
+    comm: str
+    argv: Tuple[str, ...]
+    nspid: Tuple[int, ...]  # its PID in each namespace, from the host's down to its own
+    namespace: int | None  # inode of /proc/PID/ns/pid (None: not readable)
+
+    @property
+    def args(self) -> str:
+        return " ".join(self.argv) if self.argv else f"[{self.comm}]"
+
+    @property
+    def is_session_init(self) -> bool:
+        return (self.comm == INIT_COMM and bool(self.argv) and self.argv[0] == INIT_ARGV0
+                and len(self.nspid) > 1 and self.nspid[-1] == 1
+                and self.state not in ("Z", "X"))
+
+
+@dataclass(frozen=True)
+class Member:
+    process: Process
+    session_pid: int  # its PID inside the session's namespace
+    user: str
+
+
+@dataclass(frozen=True)
+class Session:
+    init: Process
+    user: str
+    service: str
+    caller: Process | None
+    started: float  # Unix time
+    on_logout: str
+    scope: str  # "user": every session of the user joins this namespace (scope=user)
+    members: Tuple[Member, ...]  # the init first
+    logins: Tuple[Process, ...]  # the processes outside that opened sessions into it (su, sshd)
+
+    @property
+    def id(self) -> int:
+        """The session's PID namespace (inode number): unlike a PID, never reused while the
+        session lives."""
+        assert self.init.namespace is not None
+        return self.init.namespace
+
+    @property
+    def pid(self) -> int:
+        return self.init.pid
+
+    def as_dict(self) -> Dict[str, object]:
+        return {
+            "id": self.id,
+            "pid": self.pid,
+            "namespace": f"pid:[{self.id}]",
+            "user": self.user,
+            "service": self.service,
+            "caller": None if self.caller is None else {
+                "pid": self.caller.pid, "comm": self.caller.comm, "args": self.caller.args},
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(self.started)),
+            "started_unix": round(self.started, 2),
+            "on_logout": self.on_logout,
+            "scope": self.scope,
+            "logins": [{"pid": p.pid, "comm": p.comm, "args": p.args,
+                        "service": _guess_service(p)} for p in self.logins],
+            "processes": len(self.members),
+            "members": [{"pid": m.process.pid, "session_pid": m.session_pid,
+                         "ppid": m.process.ppid, "user": m.user, "comm": m.process.comm,
+                         "args": m.process.args} for m in self.members],
+        }
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as handle:
+        return handle.read()
+
+
+def read_process(pid: int) -> Process | None:
+    """PID as the host sees it, or None once it is gone."""
+    try:
+        stat = _read(f"/proc/{pid}/stat").decode(errors="replace")
+        status = _read(f"/proc/{pid}/status").decode(errors="replace")
+        raw_argv = _read(f"/proc/{pid}/cmdline")
+    except (FileNotFoundError, ProcessLookupError):
+        return None
+    # comm may hold blanks and parentheses: it ends at the last ")".
+    comm = stat[stat.index("(") + 1:stat.rindex(")")]
+    fields = stat[stat.rindex(")") + 2:].split()  # fields[0] is field 3 of proc(5)
+    uid, nspid = -1, (pid,)
+    for line in status.splitlines():
+        if line.startswith("Uid:"):
+            uid = int(line.split()[1])
+        elif line.startswith("NSpid:"):
+            nspid = tuple(int(value) for value in line.split()[1:])
+    try:
+        link = os.readlink(f"/proc/{pid}/ns/pid")
+        namespace: int | None = int(link[link.index("[") + 1:link.rindex("]")])
+    except (OSError, ValueError):
+        namespace = None
+    argv = tuple(arg.decode(errors="replace") for arg in raw_argv.split(b"\0")[:-1])
+    return Process(pid=pid, ppid=int(fields[1]), uid=uid, state=fields[0],
+                   start=int(fields[19]), comm=comm, argv=argv, nspid=nspid,
+                   namespace=namespace)
+
+
+def processes() -> List[Process]:
+    found = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            process = read_process(int(name))
+            if process is not None:
+                found.append(process)
+    return found
+
+
+def _boot_time() -> float:
+    for line in _read("/proc/stat").decode().splitlines():
+        if line.startswith("btime "):
+            return float(line.split()[1])
+    return time.time() - time.clock_gettime(time.CLOCK_BOOTTIME)
+
+
+def _user(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def _nested_in(process: Process, namespace: int, levels: int) -> bool:
+    """Whether PROCESS's PID namespace lies LEVELS below NAMESPACE (asks the kernel)."""
+    try:
+        fd = os.open(f"/proc/{process.pid}/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        for _ in range(levels):
+            parent = fcntl.ioctl(fd, linux.NS_GET_PARENT)
+            os.close(fd)
+            fd = parent
+        return os.fstat(fd).st_ino == namespace
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def _guess_service(caller: Process | None) -> str:
+    if caller is None:
+        return "unknown"
+    name = caller.comm
+    if name == "sshd" or caller.args.startswith("sshd:"):
+        return "sshd"
+    if name in ("su", "runuser"):
+        return f"{name}-l" if _has_login_flag(caller.argv, _SU_VALUE_OPTIONS, "l") else name
+    if name == "sudo":
+        return "sudo-i" if _has_login_flag(caller.argv, _SUDO_VALUE_OPTIONS, "i") else "sudo"
+    if name in ("login", "cron", "atd"):
+        return name
+    if name == "systemd":
+        return "systemd-user"
+    return "unknown"
+
+
+def _has_login_flag(argv: Sequence[str], value_options: Set[str], letter: str) -> bool:
+    """Whether a su/sudo command line asks for a login shell (-LETTER, --login, su's "-")."""
+    words = iter(argv[1:])
+    for word in words:
+        if word == "--":
+            return False
+        if word == "--login" or (word == "-" and letter == "l"):
+            return True
+        if word.startswith("--"):
+            continue
+        if not word.startswith("-"):
+            return False  # the user name or the command: the options have ended
+        for index, char in enumerate(word[1:], 1):
+            if char == letter:
+                return True
+            if char in value_options:
+                if index == len(word) - 1:
+                    next(words, None)  # its value is the next word
+                break
+    return False
+
+
+def _session_of(init: Process, table: List[Process], by_pid: Dict[int, Process],
+                boot: float) -> Session | None:
+    if init.namespace is None:
+        return None
+    depth = len(init.nspid)
+    members = []
+    for process in table:
+        if process.state in ("Z", "X") or len(process.nspid) < depth:
+            continue
+        if process.namespace == init.namespace or (
+                len(process.nspid) > depth
+                and _nested_in(process, init.namespace, len(process.nspid) - depth)):
+            members.append(Member(process, process.nspid[depth - 1], _user(process.uid)))
+    members.sort(key=lambda m: (m.process.pid != init.pid, m.session_pid))
+    owners = sorted({m.process.uid for m in members if m.process.pid != init.pid})
+    users = [uid for uid in owners if uid != 0] or owners
+    caller = by_pid.get(init.ppid) if init.ppid > 1 else None
+    # A login's first process in the namespace has its parent outside: that parent is the login
+    # (with scope=user, several logins share one namespace).
+    inside = {m.process.pid for m in members}
+    login_pids = sorted({m.process.ppid for m in members
+                         if m.process.ppid not in inside and m.process.ppid > 1})
+    logins = tuple(by_pid[pid] for pid in login_pids if pid in by_pid)
+    return Session(
+        init=init,
+        user=",".join(_user(uid) for uid in users) if users else "unknown",
+        service=_guess_service(caller),
+        caller=caller,
+        started=boot + init.start / CLOCK_TICKS,
+        on_logout=init.argv[1] if len(init.argv) > 1 else "linger",
+        scope="user" if len(init.argv) > 2 and init.argv[2] == "user" else "session",
+        members=tuple(members),
+        logins=logins,
+    )
+
+
+def require_root(command: str) -> None:
+    if os.geteuid() != 0:
+        raise NeedsRoot(f"pam-unshare {command} must run as root: it reads other users' "
+                        f"/proc/PID/ns and joins namespaces")
+
+
+def list_sessions() -> List[Session]:
+    """The live sessions, oldest first."""
+    table = processes()
+    by_pid = {process.pid: process for process in table}
+    boot = _boot_time()
+    found = []
+    for process in table:
+        if process.is_session_init:
+            session = _session_of(process, table, by_pid, boot)
+            if session is not None:
+                found.append(session)
+    return sorted(found, key=lambda s: (s.init.start, s.pid))
+
+
+def find(sessions: List[Session], key: str) -> Session:
+    """The session KEY names: an id from `pam-unshare sessions`, or the host PID of its PID 1."""
+    if not key.isdigit():
+        raise Refused(f'"{key}" is not a session id or PID (see pam-unshare sessions)')
+    number = int(key)
+    for session in sessions:
+        if number in (session.id, session.pid):
+            return session
+    raise Refused(f"no live session has id or PID {key} (see pam-unshare sessions)")
+
+
+def enter(session: Session, argv: Sequence[str]) -> int:
+    """Runs ARGV in SESSION's PID and mount namespaces (where ps shows that session's view) and
+    returns its exit status. The session's PID 1 is pinned through a pidfd, so a recycled PID
+    can never lead into somebody else's namespaces."""
+    try:
+        pidfd = os.pidfd_open(session.pid)
+    except ProcessLookupError:
+        raise Failed(f"session {session.id} has ended") from None
+    try:
+        now = read_process(session.pid)
+        if now is None or now.start != session.init.start or not now.is_session_init:
+            raise Failed(f"session {session.id} has ended")
+        linux.setns(pidfd, linux.CLONE_NEWPID | linux.CLONE_NEWNS)
+    finally:
+        os.close(pidfd)
+    # Like system(3): the child gets the terminal's signals, we wait.
+    previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT,
+                                                                   signal.SIGQUIT)}
+    child = os.fork()
+    if child == 0:
+        try:
+            for sig, handler in previous.items():
+                signal.signal(sig, signal.SIG_IGN if handler == signal.SIG_IGN
+                              else signal.SIG_DFL)
+            os.execvp(argv[0], list(argv))
+        except OSError as error:
+            os.write(2, f"pam-unshare: cannot run {argv[0]}: {error.strerror}\n".encode())
+        finally:
+            os._exit(127)
+    _, status = os.waitpid(child, 0)
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)
+    code = os.waitstatus_to_exitcode(status)
+    return 128 - code if code < 0 else code

@@ -1,0 +1,79 @@
+"""The facts `pam-unshare status` reports, as one JSON-ready dict."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, List
+
+from pam_unshare import __version__, audit, options, paths, system
+from pam_unshare.stacks import PamTree
+
+
+def module_facts() -> Dict[str, object]:
+    """The built module, and the copy PAM would load by name: is it there, is it the same?"""
+    try:
+        built_path: Path | None = paths.module_path()
+    except FileNotFoundError:
+        built_path = None
+    built_sha = system.sha256(built_path) if built_path else None
+    directory = system.module_dir()
+    installed: Dict[str, object] | None = None
+    if directory is not None:
+        target = directory / paths.MODULE_NAME
+        present = target.is_file()
+        sha = system.sha256(target) if present else None
+        installed = {
+            "path": str(target),
+            "present": present,
+            "sha256": sha,
+            "same_as_built": bool(present and built_sha and sha == built_sha),
+            "problem": system.module_problem(target) if present else None,
+        }
+    return {
+        "version": __version__,
+        "built": {"path": str(built_path) if built_path else None, "sha256": built_sha},
+        "module_dir": str(directory) if directory else None,
+        "installed": installed,
+    }
+
+
+def _enabled(tree: PamTree) -> List[Dict[str, object]]:
+    found = []
+    for entry in audit.enabled(tree):
+        parsed, rejections = options.parse(entry.args)
+        found.append({
+            "service": entry.service,
+            "via": entry.via,
+            "file": str(tree.path(entry.file)),
+            "line": entry.line,
+            "module": entry.module,
+            "options": list(entry.args),
+            "rejected": [f"{r.argument}: {r.reason}" for r in rejections],
+            "effective": {
+                "onerr": parsed.onerr, "propagation": parsed.propagation,
+                "on_logout": parsed.on_logout, "debug": parsed.debug,
+                "exempt_users": None if parsed.exempt_users is None
+                else list(parsed.exempt_users),
+                "exempt_groups": None if parsed.exempt_groups is None
+                else list(parsed.exempt_groups),
+                "only_groups": None if parsed.only_groups is None
+                else list(parsed.only_groups),
+            },
+        })
+    return found
+
+
+def collect(pam_dir: Path) -> Dict[str, object]:
+    tree = PamTree(pam_dir)
+    findings = audit.check(tree)
+    return {
+        "version": __version__,
+        "pam_dir": str(pam_dir),
+        "module": module_facts(),
+        "enabled": _enabled(tree),
+        "kernel": system.kernel_support().as_dict(),
+        "uncovered": [{"service": u.service, "what": u.what, "why": u.why}
+                      for u in audit.coverage(tree)],
+        "problems": [str(f) for f in findings if f.problem],
+        "warnings": [str(f) for f in findings if not f.problem],
+    }

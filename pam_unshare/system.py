@@ -1,0 +1,219 @@
+"""This host: where PAM loads modules from, what a module file is, and whether the kernel can
+give sessions their own PID and mount namespaces. Read-only (the probe's namespaces die with it).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import glob
+import hashlib
+import os
+import platform
+import shutil
+import stat
+import subprocess
+import sysconfig
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List
+
+from pam_unshare import linux, paths
+
+# The module every PAM installation has; the directory that holds it is where PAM resolves a
+# module given by name only.
+REFERENCE_MODULE = "pam_unix.so"
+MIN_KERNEL = (5, 8)  # setns() with a pidfd
+_TRIPLETS = {"x86_64": "x86_64-linux-gnu", "aarch64": "aarch64-linux-gnu",
+             "armv7l": "arm-linux-gnueabihf", "i686": "i386-linux-gnu",
+             "ppc64le": "powerpc64le-linux-gnu", "s390x": "s390x-linux-gnu",
+             "riscv64": "riscv64-linux-gnu"}
+
+
+def _multiarch() -> str:
+    return sysconfig.get_config_var("MULTIARCH") or _TRIPLETS.get(platform.machine(), "")
+
+
+def module_dir_candidates() -> List[str]:
+    triplet = _multiarch()
+    candidates = [f"/usr/lib/{triplet}/security", f"/lib/{triplet}/security"] if triplet else []
+    candidates += ["/usr/lib64/security", "/lib64/security", "/usr/lib/security", "/lib/security"]
+    candidates += sorted(glob.glob("/usr/lib/*/security")) + sorted(glob.glob("/lib/*/security"))
+    return list(dict.fromkeys(candidates))
+
+
+def _from_dpkg() -> str | None:
+    if shutil.which("dpkg") is None:
+        return None
+    result = subprocess.run(["dpkg", "-L", "libpam-modules"], capture_output=True, text=True,
+                            check=False)
+    for line in result.stdout.splitlines():
+        if line.endswith("/" + REFERENCE_MODULE) and os.path.isfile(line):
+            return os.path.dirname(line)
+    return None
+
+
+def module_dir() -> Path | None:
+    """The directory PAM loads modules from: where pam_unix.so lives. None if not found."""
+    for candidate in module_dir_candidates():
+        if os.path.isfile(os.path.join(candidate, REFERENCE_MODULE)):
+            return Path(candidate)
+    found = _from_dpkg()
+    return Path(found) if found else None
+
+
+def installed_path(dest: Path | None = None) -> Path | None:
+    """Where `install` puts the module: DEST, or the system's module directory."""
+    directory = dest if dest is not None else module_dir()
+    return directory / paths.MODULE_NAME if directory is not None else None
+
+
+def resolve_module(module: str) -> Path | None:
+    """The file PAM loads for a module path as written in a PAM file."""
+    if module.startswith("/"):
+        return Path(module)
+    directory = module_dir()
+    return directory / module if directory is not None else None
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 16), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def module_problem(path: Path) -> str | None:
+    """Why PAM could not load PATH as our module, or None. A module that is missing or does not
+    load makes every session of a `session required` stack fail."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return f"{path} does not exist"
+    except OSError as error:
+        return f"{path}: {error.strerror}"
+    if not stat.S_ISREG(info.st_mode):
+        return f"{path} is not a regular file"
+    if info.st_mode & stat.S_IWOTH:
+        return f"{path} is writable by everyone"
+    try:
+        library = ctypes.CDLL(str(path))
+    except OSError as error:
+        return f"{path} does not load: {error}"
+    if not hasattr(library, "pam_sm_open_session"):
+        return f"{path} is not a PAM session module (no pam_sm_open_session)"
+    return None
+
+
+@dataclass(frozen=True)
+class KernelSupport:
+    release: str
+    release_ok: bool
+    max_pid_namespaces: int | None
+    root_propagation: str
+    unshare: str  # "works", "fails: REASON" or "not tried: REASON"
+
+    @property
+    def ok(self) -> bool:
+        return (self.release_ok and bool(self.max_pid_namespaces)
+                and not self.unshare.startswith("fails"))
+
+    def as_dict(self) -> Dict[str, object]:
+        return {"release": self.release, "release_ok": self.release_ok,
+                "max_pid_namespaces": self.max_pid_namespaces,
+                "root_propagation": self.root_propagation, "unshare": self.unshare,
+                "ok": self.ok}
+
+
+def _release_ok(release: str) -> bool:
+    numbers = []
+    for part in release.split("-")[0].split(".")[:2]:
+        digits = "".join(ch for ch in part if ch.isdigit())
+        numbers.append(int(digits) if digits else 0)
+    return tuple(numbers) >= MIN_KERNEL
+
+
+def _max_pid_namespaces() -> int | None:
+    try:
+        return int(Path("/proc/sys/user/max_pid_namespaces").read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def root_propagation() -> str:
+    """shared, slave, private or unbindable: the propagation of / in this mount namespace."""
+    try:
+        mountinfo = Path("/proc/self/mountinfo").read_text()
+    except OSError:
+        return "unknown"
+    found = "unknown"
+    for line in mountinfo.splitlines():
+        fields = line.split()
+        if len(fields) > 6 and fields[4] == "/":
+            optional = fields[6:fields.index("-")] if "-" in fields else []
+            if any(tag.startswith("shared:") for tag in optional):
+                found = "shared"
+            elif any(tag.startswith("master:") for tag in optional):
+                found = "slave"
+            elif "unbindable" in optional:
+                found = "unbindable"
+            else:
+                found = "private"
+    return found
+
+
+def _probe_child(report: int) -> int:
+    """In a forked child: what the module does at login, minus the login. Returns the exit
+    status; writes the reason of a failure to REPORT."""
+    try:
+        linux.unshare(linux.CLONE_NEWPID | linux.CLONE_NEWNS)
+        linux.mount(None, "/", None, linux.MS_REC | linux.MS_SLAVE)
+        pid = os.fork()
+        if pid == 0:
+            try:
+                if os.getpid() != 1:
+                    os._exit(3)
+                linux.mount("proc", "/proc", "proc", linux.MS_NOSUID | linux.MS_NODEV |
+                            linux.MS_NOEXEC)
+                os._exit(0)
+            except BaseException:
+                os._exit(4)
+        _, status = os.waitpid(pid, 0)
+        code = os.waitstatus_to_exitcode(status)
+        if code:
+            os.write(report, {3: b"the first child is not PID 1",
+                              4: b"mounting /proc in the new namespace failed"}.get(
+                                  code, b"the namespace's first process failed"))
+        return code
+    except OSError as error:
+        os.write(report, str(error).encode())
+        return 2
+
+
+def probe_unshare() -> str:
+    """Creates, in a throwaway child, the PID and mount namespaces a session gets."""
+    if os.geteuid() != 0:
+        return "not tried: needs root"
+    read_end, write_end = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            os.close(read_end)
+            code = _probe_child(write_end)
+        finally:
+            os._exit(code)
+    os.close(write_end)
+    with os.fdopen(read_end, "rb") as reader:
+        reason = reader.read().decode(errors="replace")
+    _, status = os.waitpid(pid, 0)
+    if os.waitstatus_to_exitcode(status) == 0:
+        return "works"
+    return f"fails: {reason or 'unknown reason'}"
+
+
+def kernel_support() -> KernelSupport:
+    release = os.uname().release
+    return KernelSupport(release=release, release_ok=_release_ok(release),
+                         max_pid_namespaces=_max_pid_namespaces(),
+                         root_propagation=root_propagation(), unshare=probe_unshare())
