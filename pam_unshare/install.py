@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List
 
 from pam_unshare import __version__, pamd, paths, system
+from pam_unshare.atomic import replace_atomically
 from pam_unshare.errors import Failed, NeedsRoot, Refused
 from pam_unshare.stacks import PamTree
 
@@ -59,20 +57,9 @@ def install(dest: Path | None = None) -> Installed:
     target = directory / paths.MODULE_NAME
     if _is_current(target, digest):
         return Installed(target, digest, __version__, changed=False)
-    fd, temp = tempfile.mkstemp(dir=directory, prefix=f".{paths.MODULE_NAME}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle, open(source, "rb") as module:
-            shutil.copyfileobj(module, handle)
-            handle.flush()
-            os.fchmod(handle.fileno(), MODE)
-            if os.geteuid() == 0:
-                os.fchown(handle.fileno(), 0, 0)
-            os.fsync(handle.fileno())
-        os.replace(temp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp)
-        raise
+    # Root-owned when run as root: a module others could write would run in every login.
+    owner = (0, 0) if os.geteuid() == 0 else (os.geteuid(), os.getegid())
+    replace_atomically(target, source.read_bytes(), MODE, *owner)
     return Installed(target, digest, __version__, changed=True)
 
 

@@ -12,17 +12,17 @@ import contextlib
 import fcntl
 import os
 import stat
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, List, Sequence, Tuple
+
+from pam_unshare.atomic import replace_atomically
 
 MODULE_TOKEN = "pam_unshare.so"
 TYPES = ("auth", "account", "password", "session")
 CONTROL_KEYWORDS = ("required", "requisite", "sufficient", "optional", "include", "substack")
 INCLUDE_DIRECTIVE = "@include"
 BACKUP_SUFFIX = ".pam-unshare.bak"
-_TEMP_SUFFIX = ".pam-unshare-tmp"
 _ENCODING = "utf-8"
 _ERRORS = "surrogateescape"
 
@@ -266,36 +266,6 @@ def backup_path(path: Path) -> Path:
     return path.with_name(path.name + BACKUP_SUFFIX)
 
 
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _replace_atomically(target: Path, data: bytes, mode: int, uid: int, gid: int) -> None:
-    """Writes DATA to a temporary file beside TARGET, then renames it over TARGET: a reader (or a
-    crash) sees the old file or the new one, never a mix; the temporary file never outlives a
-    failure."""
-    fd, temp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.",
-                                suffix=_TEMP_SUFFIX)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fchmod(handle.fileno(), mode)
-            if (uid, gid) != (os.geteuid(), os.getegid()):
-                os.fchown(handle.fileno(), uid, gid)
-            os.fsync(handle.fileno())
-        os.replace(temp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp)
-        raise
-    _fsync_directory(target.parent)
-
-
 def write(path: Path, text: str, backup: bool = True) -> Path | None:
     """Replaces PATH's content with TEXT atomically, keeping its mode and owner (a symlink is
     followed: its target is rewritten). With BACKUP, the previous content is first saved as
@@ -310,8 +280,8 @@ def write(path: Path, text: str, backup: bool = True) -> Path | None:
     saved = None
     if backup and info is not None:
         saved = backup_path(target)
-        _replace_atomically(saved, target.read_bytes(), mode, uid, gid)
-    _replace_atomically(target, text.encode(_ENCODING, _ERRORS), mode, uid, gid)
+        replace_atomically(saved, target.read_bytes(), mode, uid, gid)
+    replace_atomically(target, text.encode(_ENCODING, _ERRORS), mode, uid, gid)
     return saved
 
 
