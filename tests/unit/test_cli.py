@@ -19,16 +19,6 @@ SERVICES = ("su", "sudo", "sudo-i", "sshd", "login")
 
 
 @pytest.fixture
-def pam_dir(tmp_path):
-    directory = tmp_path / "pam.d"
-    directory.mkdir()
-    for path in FIXTURES.iterdir():
-        shutil.copyfile(path, directory / path.name)
-        os.chmod(directory / path.name, 0o644)
-    return directory
-
-
-@pytest.fixture
 def run(pam_dir, module_path, capsys):
     """Runs the command line in this process against PAM_DIR; returns (status, out, err)."""
 

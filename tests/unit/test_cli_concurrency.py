@@ -3,15 +3,11 @@ moment sees a whole file (the old one or a new one), and the end state is one of
 
 from __future__ import annotations
 
-import os
-import shutil
 import subprocess
 import sys
 import threading
 from pathlib import Path
 from typing import List
-
-import pytest
 
 from pam_unshare import pamd
 
@@ -19,16 +15,6 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures" / "pam.d"
 SCRIPT = Path(sys.executable).parent / "pam-unshare"
 SERVICES = ("su", "sudo", "sshd")
 RUNS = 12
-
-
-@pytest.fixture
-def pam_dir(tmp_path):
-    directory = tmp_path / "pam.d"
-    directory.mkdir()
-    for path in FIXTURES.iterdir():
-        shutil.copyfile(path, directory / path.name)
-        os.chmod(directory / path.name, 0o644)
-    return directory
 
 
 def _watch(pam_dir: Path, stop: threading.Event, seen: List[str]) -> None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -14,16 +13,6 @@ from conftest import require_root
 from pam_unshare import cli, pamd
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "pam.d"
-
-
-@pytest.fixture
-def pam_dir(tmp_path):
-    directory = tmp_path / "pam.d"
-    directory.mkdir()
-    for path in FIXTURES.iterdir():
-        shutil.copyfile(path, directory / path.name)
-        os.chmod(directory / path.name, 0o644)
-    return directory
 
 
 @pytest.fixture
