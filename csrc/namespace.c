@@ -471,6 +471,13 @@ static int join_user_namespace(const char *socket_path, struct pu_session *sessi
     do {
         got = read(sock, &answer, 1);
     } while (got < 0 && errno == EINTR);
+    /* Only an answer that never comes (EOF, reset: PID 1 is on its way out) means "none". Any
+     * other error is a failure: taken for "none", it would start a second namespace. */
+    if (got < 0 && errno != ECONNRESET) {
+        int err = errno;
+        close(sock);
+        return fail(why, "reading the answer of the user's namespace", err);
+    }
     if (got != 1 || answer != 'J') {
         close(sock);
         return 0;
@@ -482,16 +489,23 @@ static int join_user_namespace(const char *socket_path, struct pu_session *sessi
     }
     pidfd = (int)syscall(SYS_pidfd_open, peer.pid, 0);
     if (pidfd < 0) {
+        int err = errno;
         close(sock);
-        return 0;
+        if (err == ESRCH)
+            return 0;
+        return fail(why, "taking a pidfd of the user's namespace init", err);
     }
     /* The peer still holds the connection after the pidfd was taken, so the pidfd is that
      * process and not a newcomer that reused its number. */
     still_there = (struct pollfd){.fd = sock, .events = POLLRDHUP};
-    if (poll(&still_there, 1, 0) != 0) {
+    got = poll(&still_there, 1, 0);
+    if (got != 0) {
+        int err = errno;
         close(pidfd);
         close(sock);
-        return 0;
+        if (got > 0)
+            return 0;
+        return fail(why, "checking that the user's namespace init is still there", err);
     }
     if (join_namespaces(pidfd, why) < 0) {
         close(pidfd);
