@@ -11,12 +11,22 @@ import contextlib
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterator, Sequence
 
 import pytest
+from helpers.debian_package import (
+    BUILD_DEB,
+    DEBIAN_DIR,
+    PACKAGE,
+    build_droppings,
+    debian_version,
+    project_version,
+)
 from helpers.devlog import SyslogCapture
 from helpers.entries import TEST_SERVICE, Entry, make_entries
 from helpers.sshd import Sshd
@@ -162,3 +172,24 @@ def foreign_process(pam_sandbox: PamSandbox) -> Iterator[int]:
     finally:
         process.kill()
         process.wait()
+
+
+@pytest.fixture(scope="session")
+def deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """packaging/build-deb OUTDIR, once per test session."""
+    require_tools("dpkg-buildpackage", "dpkg-checkbuilddeps", "dh", "python3")
+    deps = subprocess.run(["dpkg-checkbuilddeps", str(DEBIAN_DIR / "control")],
+                          capture_output=True, text=True)
+    require(deps.returncode == 0, f"Build-Depends missing: {deps.stderr.strip()}")
+    before = build_droppings()
+    out = tmp_path_factory.mktemp("deb")
+    t0 = time.monotonic()
+    res = subprocess.run([str(BUILD_DEB), str(out)], capture_output=True, text=True, timeout=900)
+    if res.returncode != 0:
+        pytest.fail(f"build-deb failed (rc {res.returncode}):\n{res.stdout}\n{res.stderr}")
+    print(f"\nbuild-deb: {time.monotonic() - t0:.1f}s", file=sys.stderr)
+    path = Path(res.stdout.strip().splitlines()[-1])
+    assert path == out / f"{PACKAGE}_{debian_version(project_version())}_amd64.deb", res.stdout
+    assert path.is_file(), sorted(out.iterdir())
+    assert build_droppings() == before, "build-deb left files in the source tree"
+    return path

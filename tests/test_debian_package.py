@@ -22,14 +22,11 @@ from pathlib import Path
 from typing import Dict, List
 
 import pytest
-from conftest import require, require_tools
+from conftest import require_tools
+from helpers.debian_package import DEBIAN_DIR, PACKAGE, ROOT, debian_version, project_version
 from hosts.fixtures import CACHE_ENV, systemd_container_missing, unavailable
 from hosts.systemd_container import DEFAULT_CACHE_DIR, SystemdContainer, build_rootfs
 
-ROOT = Path(__file__).resolve().parent.parent
-BUILD_DEB = ROOT / "packaging" / "build-deb"
-DEBIAN_DIR = ROOT / "packaging" / "debian"
-PACKAGE = "libpam-unshare"
 PROFILE_NAME = "pam-unshare"
 MODULE = "usr/lib/x86_64-linux-gnu/security/pam_unshare.so"
 PROFILE = f"usr/share/pam-configs/{PROFILE_NAME}"
@@ -76,52 +73,6 @@ json.dump(tree, sys.stdout, sort_keys=True)
 # --------------------------------------------------------------------------- #
 # Building
 # --------------------------------------------------------------------------- #
-
-
-def project_version() -> str:
-    """[project] version of pyproject.toml: where the package's version comes from."""
-    text = (ROOT / "pyproject.toml").read_text()
-    project = re.search(r"^\[project\]\n(.*?)(?=^\[|\Z)", text, re.S | re.M)
-    assert project, "pyproject.toml has no [project] table"
-    version = re.search(r'^version\s*=\s*"([^"]+)"', project[1], re.M)
-    assert version, "pyproject.toml's [project] has no version"
-    return version[1]
-
-
-def debian_version(version: str) -> str:
-    """The Debian spelling of a PEP 440 version (build-deb does the same): 1.0rc1 -> 1.0~rc1."""
-    return re.sub(r"(a|b|rc)([0-9]+)", r"~\1\2", version).replace(".dev", "~dev")
-
-
-def build_droppings() -> List[Path]:
-    """What an in-tree dpkg-buildpackage would leave behind: build-deb must never do that."""
-    found = [p for p in (ROOT / "debian", DEBIAN_DIR / "changelog", DEBIAN_DIR / "files",
-                         DEBIAN_DIR / "build", DEBIAN_DIR / PACKAGE, DEBIAN_DIR / ".debhelper",
-                         DEBIAN_DIR / "debhelper-build-stamp") if p.exists()]
-    for where in (ROOT, ROOT / "packaging", ROOT.parent):
-        found += sorted(where.glob(f"{PACKAGE}*.deb")) + sorted(where.glob("pam-unshare_*"))
-    return found
-
-
-@pytest.fixture(scope="session")
-def deb(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """packaging/build-deb OUTDIR, once per test session."""
-    require_tools("dpkg-buildpackage", "dpkg-checkbuilddeps", "dh", "python3")
-    deps = subprocess.run(["dpkg-checkbuilddeps", str(DEBIAN_DIR / "control")],
-                          capture_output=True, text=True)
-    require(deps.returncode == 0, f"Build-Depends missing: {deps.stderr.strip()}")
-    before = build_droppings()
-    out = tmp_path_factory.mktemp("deb")
-    t0 = time.monotonic()
-    res = subprocess.run([str(BUILD_DEB), str(out)], capture_output=True, text=True, timeout=900)
-    if res.returncode != 0:
-        pytest.fail(f"build-deb failed (rc {res.returncode}):\n{res.stdout}\n{res.stderr}")
-    print(f"\nbuild-deb: {time.monotonic() - t0:.1f}s", file=sys.stderr)
-    path = Path(res.stdout.strip().splitlines()[-1])
-    assert path == out / f"{PACKAGE}_{debian_version(project_version())}_amd64.deb", res.stdout
-    assert path.is_file(), sorted(out.iterdir())
-    assert build_droppings() == before, "build-deb left files in the source tree"
-    return path
 
 
 def deb_field(deb: Path, field: str) -> str:

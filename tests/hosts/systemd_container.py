@@ -329,6 +329,7 @@ class SystemdContainer:
         boot_timeout: float = 120.0,
         stop_timeout: float = 30.0,
         private_network: bool = True,
+        network_namespace: Path | None = None,
     ) -> None:
         self.rootfs = Path(rootfs)
         self.name = name or f"pu-test-{os.getpid()}-{secrets.token_hex(3)}"
@@ -336,6 +337,7 @@ class SystemdContainer:
         self.boot_timeout = boot_timeout
         self.stop_timeout = stop_timeout
         self.private_network = private_network
+        self.network_namespace = network_namespace
         self.leader: int | None = None
         self.state: str | None = None  # "running" or "degraded" once booted
         self.failed_units: list[str] = []
@@ -374,7 +376,10 @@ class SystemdContainer:
             "-b",
             f"--machine={self.name}",
         ]
-        if self.private_network:
+        if self.network_namespace is not None:
+            # A namespace the tests made (hosts/netns.py): reachable from here, from nowhere else.
+            argv.append(f"--network-namespace-path={self.network_namespace}")
+        elif self.private_network:
             # Loopback only: otherwise the container's sshd binds the host's port 22.
             argv.append("--private-network")
         self._host_cgroups = self._make_host_cgroups()
