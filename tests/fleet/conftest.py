@@ -1,0 +1,178 @@
+"""Three Debian 12 container hosts (hosts/tiers.py, without the module) as an Ansible inventory,
+booted once per test session, and a way to run packaging/ansible/site.yml against them.
+
+The hosts answer Ansible on their admin sshd (port 2222, UsePAM no), never through an sshd whose
+sessions the module namespaces. ansible-core is the test extra's (ansible-playbook next to this
+Python); no collection is installed or downloaded: the role uses ansible.builtin only.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List
+
+import pytest
+from conftest import require, require_root, require_tools
+from helpers.debian_package import ROOT
+from hosts.fixtures import CACHE_ENV
+from hosts.systemd_container import DEFAULT_CACHE_DIR
+from hosts.tiers import ADMIN_PORT, ContainerTier
+
+ANSIBLE_DIR = ROOT / "packaging" / "ansible"
+PLAYBOOK = ANSIBLE_DIR / "site.yml"
+HOSTS = ("pu-fleet-1", "pu-fleet-2", "pu-fleet-3")
+GROUP = "pam_unshare"
+PLAYBOOK_TIMEOUT = 600
+RECAP = re.compile(r"^(\S+)\s+:\s+ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)"
+                   r"\s+skipped=(\d+)\s+rescued=(\d+)\s+ignored=(\d+)", re.M)
+RECAP_FIELDS = ("ok", "changed", "unreachable", "failed", "skipped", "rescued", "ignored")
+
+# Every file, directory and link below the given trees, as {path: description}.
+DIGEST_SCRIPT = r"""
+import hashlib, json, os, stat, sys
+tree = {}
+for top in sys.argv[1:]:
+    for dirpath, dirnames, filenames in os.walk(top):
+        for name in dirnames + filenames:
+            path = os.path.join(dirpath, name)
+            st = os.lstat(path)
+            owner = "%o %d:%d" % (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid)
+            if stat.S_ISLNK(st.st_mode):
+                tree[path] = "link " + os.readlink(path)
+            elif stat.S_ISDIR(st.st_mode):
+                tree[path] = "dir " + owner
+            else:
+                with open(path, "rb") as f:
+                    tree[path] = "file %s %s" % (owner, hashlib.sha256(f.read()).hexdigest())
+json.dump(tree, sys.stdout, sort_keys=True)
+"""
+
+
+@dataclass
+class PlaybookRun:
+    argv: List[str]
+    returncode: int
+    output: str
+    seconds: float
+    recap: Dict[str, Dict[str, int]] = field(default_factory=dict)
+
+    def stats(self, host: str) -> Dict[str, int]:
+        assert host in self.recap, f"{host} is not in the PLAY RECAP:\n{self.tail()}"
+        return self.recap[host]
+
+    def tail(self, lines: int = 80) -> str:
+        return "\n".join(self.output.splitlines()[-lines:])
+
+
+class Fleet:
+    """The booted hosts, their inventory, and ansible-playbook against them."""
+
+    def __init__(self, workdir: Path, deb: Path, tiers: Sequence[ContainerTier]) -> None:
+        self.workdir = workdir
+        self.deb = deb
+        self.tiers = {tier.name: tier for tier in tiers}
+        self.names = [tier.name for tier in tiers]
+        self.inventory = workdir / "inventory.yml"
+        self.pristine: Dict[str, Dict[str, str]] = {}
+        self.runs: List[PlaybookRun] = []
+        bindir = Path(sys.executable).parent
+        self.ansible_playbook = bindir / "ansible-playbook"
+        self.env = dict(os.environ)
+        self.env.update({
+            # ansible-inventory (testinfra's ansible backend) and ansible-playbook from this venv
+            "PATH": f"{bindir}{os.pathsep}{os.environ.get('PATH', '/usr/bin:/bin')}",
+            "ANSIBLE_CONFIG": str(ANSIBLE_DIR / "ansible.cfg"),
+            "ANSIBLE_HOME": str(workdir / "ansible-home"),
+            "ANSIBLE_LOCAL_TEMP": str(workdir / "ansible-tmp"),
+            "ANSIBLE_SSH_CONTROL_PATH_DIR": str(workdir / "cp"),
+            # A master connection outlives ansible-playbook only briefly.
+            "ANSIBLE_SSH_ARGS": "-o ControlMaster=auto -o ControlPersist=15s",
+            "ANSIBLE_NOCOLOR": "1",
+            "ANSIBLE_FORCE_COLOR": "0",
+        })
+
+    def write_inventory(self) -> None:
+        hosts: Dict[str, Dict[str, Any]] = {}
+        for name, tier in self.tiers.items():
+            hosts[name] = {
+                "ansible_host": tier.address,
+                "ansible_port": ADMIN_PORT,
+                "ansible_user": "root",
+                "ansible_ssh_private_key_file": str(tier.key),
+                "ansible_ssh_common_args": "-o StrictHostKeyChecking=no "
+                                           "-o UserKnownHostsFile=/dev/null",
+            }
+        inventory = {GROUP: {"hosts": hosts, "vars": {"pam_unshare_deb": str(self.deb)}}}
+        # JSON is YAML: the yaml inventory plugin (and testinfra's ansible backend) read it.
+        self.inventory.write_text(json.dumps(inventory, indent=2) + "\n")
+
+    def playbook(self, *args: str, extra_vars: Mapping[str, Any] | None = None,
+                 limit: str | None = None) -> PlaybookRun:
+        """ansible-playbook -i INVENTORY site.yml [ARGS], run in packaging/ansible."""
+        argv = [str(self.ansible_playbook), "-i", str(self.inventory), str(PLAYBOOK), *args]
+        if extra_vars:
+            argv += ["-e", json.dumps(dict(extra_vars))]
+        if limit:
+            argv += ["--limit", limit]
+        started = time.monotonic()
+        res = subprocess.run(argv, cwd=ANSIBLE_DIR, env=self.env, stdin=subprocess.DEVNULL,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             timeout=PLAYBOOK_TIMEOUT)
+        run = PlaybookRun(argv, res.returncode, res.stdout, time.monotonic() - started)
+        for match in RECAP.finditer(res.stdout):
+            run.recap[match[1]] = dict(zip(RECAP_FIELDS, map(int, match.groups()[1:])))
+        self.runs.append(run)
+        log = self.workdir / f"playbook-{len(self.runs):02d}.log"
+        log.write_text(" ".join(argv) + "\n\n" + res.stdout)
+        print(f"\nansible-playbook {' '.join(args)} {limit or ''} {extra_vars or ''}: "
+              f"rc {res.returncode}, {run.seconds:.1f} s, recap {run.recap} ({log})",
+              file=sys.stderr)
+        return run
+
+    def run(self, name: str, cmd: Sequence[str] | str,
+            timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+        """CMD as root inside host NAME (nsenter: not through any PAM stack)."""
+        container = self.tiers[name].container
+        assert container is not None, f"{name} is not running"
+        return container.run(cmd, timeout=timeout)
+
+    def digest(self, name: str, *trees: str) -> Dict[str, str]:
+        res = self.run(name, ["python3", "-c", DIGEST_SCRIPT, *(trees or ("/etc/pam.d",))])
+        assert res.returncode == 0, res.stderr
+        return json.loads(res.stdout)
+
+
+@pytest.fixture(scope="session")
+def fleet(deb: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    require_root()
+    require_tools("systemd-nspawn", "mmdebstrap", "nsenter", "ssh", "ssh-keygen")
+    require(shutil.which("ansible-playbook", path=str(Path(sys.executable).parent)) is not None,
+            "needs ansible-core next to this Python (pip install '.[test]')")
+    cache = Path(os.environ.get(CACHE_ENV) or DEFAULT_CACHE_DIR)
+    workdir = tmp_path_factory.mktemp("fleet")
+    tiers: List[ContainerTier] = []
+    try:
+        for name in HOSTS:
+            tier = ContainerTier(workdir, None, cache=cache, name=name)
+            tier.start()
+            tiers.append(tier)
+        fleet = Fleet(workdir, deb, tiers)
+        fleet.write_inventory()
+        for name in fleet.names:
+            fleet.pristine[name] = fleet.digest(name)
+        yield fleet
+        total = sum(run.seconds for run in fleet.runs)
+        print(f"\nfleet: {len(fleet.runs)} ansible-playbook runs, {total:.1f} s in all",
+              file=sys.stderr)
+    finally:
+        for tier in reversed(tiers):
+            tier.stop()

@@ -1,0 +1,246 @@
+"""The Ansible role (packaging/ansible) rolled out to three container hosts at once.
+
+The fleet (conftest.py) is three Debian 12 systemd containers without the module, each in its
+own network namespace, reached by ansible-playbook on their admin sshd. The tests run in order
+and each first puts the fleet in the state it starts from:
+
+- the role enables every host: the PAM lines are there and real su, sudo and ssh logins on each
+  host are namespaced;
+- a second run changes nothing (changed=0 for every host in the PLAY RECAP);
+- --check --diff on a host with other options shows the diff and changes no file;
+- pam_unshare_enabled: false gives every host its /etc/pam.d back, byte for byte;
+- a host without CAP_SYS_ADMIN fails its self-test, is rolled back to exactly what it was and
+  reported failed, while the other two are enabled;
+- the isolation suite runs across the inventory in parallel (testinfra's ansible backend).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from typing import Dict, List
+
+from helpers.debian_package import ROOT
+from hosts.tiers import ADMIN_PORT, wait_for_port
+
+from fleet.conftest import Fleet, PlaybookRun
+
+SUDO_LINE = "session\trequired\tpam_unshare.so"
+COMMON_LINE = "session\trequired\tpam_unshare.so "  # as pam-auth-update writes it
+USER = "pu_alice"
+EXEMPT_USER = "pu_carol"  # member of pu_exempt
+OTHER_OPTIONS = {"pam_unshare_exempt_groups": ["pu_exempt"], "pam_unshare_onerr": "succeed"}
+OTHER_OPTIONS_TEXT = "exempt_groups=pu_exempt onerr=succeed"
+BROKEN = "pu-fleet-2"
+NO_SYS_ADMIN = "/etc/systemd/system/pu-admin-sshd.service.d/no-cap-sys-admin.conf"
+CAP_SYS_ADMIN = 21
+ISOLATION_TIMEOUT = 900
+
+
+def pam_lines(fleet: Fleet, name: str, service: str) -> List[str]:
+    text = fleet.run(name, ["cat", f"/etc/pam.d/{service}"]).stdout
+    return [line for line in text.splitlines() if "pam_unshare" in line]
+
+
+def session_view(fleet: Fleet, name: str, entry: str, user: str = USER) -> Dict[int, str]:
+    """{pid: comm} of what a login of USER through ENTRY (su, sudo, ssh) sees on host NAME."""
+    probe = "ps -e -o pid=,comm="
+    argv = {
+        "su": ["su", "-s", "/bin/sh", "-c", probe, user],
+        "sudo": ["sudo", "-n", "-u", user, "/bin/sh", "-c", probe],
+        # The host's own sshd on port 22 (UsePAM yes), with the key provisioning left for root.
+        "ssh": ["ssh", "-i", "/root/.ssh/pu_inner", "-o", "BatchMode=yes", "-o",
+                "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o",
+                "LogLevel=ERROR", "-p", "22", f"{user}@127.0.0.1", probe],
+    }[entry]
+    res = fleet.run(name, argv)
+    assert res.returncode == 0, f"{entry} on {name}: {res.stderr}"
+    view: Dict[int, str] = {}
+    for line in res.stdout.splitlines():
+        pid, _, comm = line.strip().partition(" ")
+        view[int(pid)] = comm.strip()
+    return view
+
+
+def assert_namespaced(fleet: Fleet, name: str, entries: tuple[str, ...] = ("su", "sudo", "ssh")
+                      ) -> None:
+    for entry in entries:
+        view = session_view(fleet, name, entry)
+        assert view.get(1) == "pam_unshare", f"{entry} on {name} sees {view}"
+        # The host's PID 1 (systemd) and its daemons are not there; under ssh the session's
+        # own sshd process (the one that runs the user's command) is.
+        assert "systemd" not in view.values() and "systemd-logind" not in view.values(), view
+        assert len(view) <= 6, f"{entry} on {name} sees {view}"
+
+
+def assert_enabled(fleet: Fleet, name: str, options: str = "") -> None:
+    assert pam_lines(fleet, name, "common-session") == [COMMON_LINE + options]
+    assert pam_lines(fleet, name, "sudo") == [(SUDO_LINE + " " + options).rstrip()]
+    assert fleet.run(name, ["dpkg-query", "-W", "libpam-unshare"]).returncode == 0
+
+
+def assert_all_ok(run: PlaybookRun, hosts: List[str]) -> None:
+    assert run.returncode == 0, run.tail()
+    for name in hosts:
+        stats = run.stats(name)
+        assert stats["failed"] == 0 and stats["unreachable"] == 0, (name, stats, run.tail())
+
+
+def enable(fleet: Fleet) -> None:
+    """The role with its defaults on every host."""
+    assert_all_ok(fleet.playbook(), fleet.names)
+
+
+def test_role_enables_every_host(fleet: Fleet):
+    run = fleet.playbook()
+    assert_all_ok(run, fleet.names)
+    for name in fleet.names:
+        stats = run.stats(name)
+        assert stats["changed"] > 0 and stats["rescued"] == 0, (name, stats)
+        # The self-tests ran and said why they passed.
+        assert "su: PID 1 is pam_unshare" in run.output
+        assert_enabled(fleet, name)
+        assert_namespaced(fleet, name)
+        # Root stays exempt (module default): the admin's own logins see the whole host.
+        assert session_view(fleet, name, "su", "root").get(1) == "systemd"
+
+
+def test_second_run_changes_nothing(fleet: Fleet):
+    enable(fleet)
+    run = fleet.playbook()
+    assert_all_ok(run, fleet.names)
+    assert {name: run.stats(name)["changed"] for name in fleet.names} == dict.fromkeys(
+        fleet.names, 0), run.tail()
+
+
+def test_check_diff_shows_other_options_and_changes_nothing(fleet: Fleet):
+    enable(fleet)
+    odd = fleet.names[-1]
+    # That host gets other options for real: the role writes them on both lines.
+    assert_all_ok(fleet.playbook(extra_vars=OTHER_OPTIONS, limit=odd), [odd])
+    assert_enabled(fleet, odd, OTHER_OPTIONS_TEXT)
+    assert_namespaced(fleet, odd, ("su",))
+    assert session_view(fleet, odd, "su", EXEMPT_USER).get(1) == "systemd"
+
+    before = {name: fleet.digest(name, "/etc/pam.d", "/var/lib/pam") for name in fleet.names}
+    run = fleet.playbook("--check", "--diff")
+    assert_all_ok(run, fleet.names)
+    # The diff of going back to the defaults, on both lines, for that host only.
+    assert f"-{COMMON_LINE}{OTHER_OPTIONS_TEXT}\n+{COMMON_LINE}\n" in run.output, run.tail()
+    assert f"-{SUDO_LINE} {OTHER_OPTIONS_TEXT}\n+{SUDO_LINE}\n" in run.output, run.tail()
+    assert "--- before: /etc/pam.d/common-session" in run.output
+    assert run.stats(odd)["changed"] == 2, run.tail()
+    for name in fleet.names[:-1]:
+        assert run.stats(name)["changed"] == 0, (name, run.tail())
+    after = {name: fleet.digest(name, "/etc/pam.d", "/var/lib/pam") for name in fleet.names}
+    assert after == before
+    assert_enabled(fleet, odd, OTHER_OPTIONS_TEXT)
+
+
+def test_disable_flip_gives_back_pam_d_byte_for_byte(fleet: Fleet):
+    enable(fleet)
+    run = fleet.playbook("--diff", extra_vars={"pam_unshare_enabled": False})
+    assert_all_ok(run, fleet.names)
+    for name in fleet.names:
+        assert run.stats(name)["changed"] == 2, (name, run.tail())  # the profile, the sudo line
+        assert fleet.digest(name) == fleet.pristine[name], name
+        assert session_view(fleet, name, "su").get(1) == "systemd"
+    # Disabled is a state too: nothing left to do.
+    again = fleet.playbook(extra_vars={"pam_unshare_enabled": False})
+    assert_all_ok(again, fleet.names)
+    assert all(again.stats(name)["changed"] == 0 for name in fleet.names), again.tail()
+
+
+def drop_cap_sys_admin(fleet: Fleet, name: str, drop: bool) -> None:
+    """Takes CAP_SYS_ADMIN out of the bounding set of host NAME's admin sshd, or puts it back.
+
+    Every process Ansible starts on that host descends from it, su and sudo included, so the
+    module's clone() into new PID and mount namespaces fails with EPERM there: what a host (or a
+    container) without CAP_SYS_ADMIN does. Logins through the host's sshd on port 22 keep it."""
+    if drop:
+        script = (f"mkdir -p {os.path.dirname(NO_SYS_ADMIN)} && printf '[Service]\\n"
+                  f"CapabilityBoundingSet=~CAP_SYS_ADMIN\\n' > {NO_SYS_ADMIN}")
+    else:
+        script = f"rm -f {NO_SYS_ADMIN}"
+    res = fleet.run(name, f"{script} && systemctl daemon-reload && "
+                          "systemctl restart pu-admin-sshd.service")
+    assert res.returncode == 0, res.stderr
+    wait_for_port(fleet.tiers[name].address, ADMIN_PORT, timeout=30)
+    pid = fleet.run(name, ["systemctl", "show", "-P", "MainPID", "pu-admin-sshd.service"])
+    status = fleet.run(name, ["cat", f"/proc/{pid.stdout.strip()}/status"]).stdout
+    bounding = int(next(line.split()[1] for line in status.splitlines()
+                        if line.startswith("CapBnd:")), 16)
+    assert bool(bounding & (1 << CAP_SYS_ADMIN)) != drop, status
+
+
+def uninstall(fleet: Fleet, name: str) -> None:
+    """Host NAME as before any rollout: no profile, no sudo line, no package."""
+    res = fleet.run(name, "export DEBIAN_FRONTEND=noninteractive; "
+                          "pam-auth-update --disable pam-unshare; "
+                          "sed -i '/pam_unshare/d' /etc/pam.d/sudo; "
+                          "dpkg --purge libpam-unshare; rm -rf /var/cache/pam-unshare")
+    assert res.returncode == 0, res.stderr
+    assert fleet.digest(name) == fleet.pristine[name]
+
+
+def assert_rolled_back(fleet: Fleet, run: PlaybookRun, before: Dict[str, str]) -> None:
+    assert run.returncode != 0, run.tail()
+    stats = run.stats(BROKEN)
+    assert stats["failed"] == 1 and stats["rescued"] == 1, (stats, run.tail())
+    assert f"pam_unshare was not enabled on {BROKEN}" in run.output, run.tail()
+    assert "Operation not permitted" in run.output, run.tail()
+    assert "The host is as it was." in run.output, run.tail()
+    assert fleet.digest(BROKEN, "/etc/pam.d", "/var/lib/pam") == before
+    assert fleet.digest(BROKEN) == fleet.pristine[BROKEN]
+    assert fleet.run(BROKEN, ["dpkg-query", "-W", "libpam-unshare"]).returncode != 0
+    assert fleet.run(BROKEN, ["test", "-e", "/var/cache/pam-unshare"]).returncode != 0
+
+
+def test_broken_host_is_rolled_back_and_the_others_enabled(fleet: Fleet):
+    enable(fleet)
+    uninstall(fleet, BROKEN)
+    drop_cap_sys_admin(fleet, BROKEN, True)
+    try:
+        before = fleet.digest(BROKEN, "/etc/pam.d", "/var/lib/pam")
+        # The default: the session through the test's own PAM service fails before any stack
+        # changes; the package this run installed goes again.
+        run = fleet.playbook()
+        assert_rolled_back(fleet, run, before)
+        assert "Self-test: pam" in run.output
+        assert "dpkg --purge libpam-unshare" in run.output
+        for name in fleet.names:
+            if name != BROKEN:
+                assert run.stats(name)["failed"] == 0, (name, run.tail())
+                assert_enabled(fleet, name)
+                assert_namespaced(fleet, name, ("su",))
+
+        # Without that first test the real su session fails after pam-auth-update enabled the
+        # profile and the sudo line went in: all of it is undone.
+        run = fleet.playbook(extra_vars={"pam_unshare_selftest_before_enable": False},
+                             limit=BROKEN)
+        assert_rolled_back(fleet, run, before)
+        assert '"Self-test: su, verdict" failed' in run.output, run.tail()
+        assert "pam-auth-update --disable pam-unshare" in run.output, run.tail()
+    finally:
+        drop_cap_sys_admin(fleet, BROKEN, False)
+
+
+def test_isolation_suite_across_the_fleet(fleet: Fleet):
+    enable(fleet)
+    argv = [sys.executable, "-P", "-m", "pytest", "tests/isolation", "--hosts=ansible://all",
+            f"--ansible-inventory={fleet.inventory}", "-n", str(len(fleet.names)),
+            "-p", "no:cacheprovider", "-v"]
+    started = time.monotonic()
+    res = subprocess.run(argv, cwd=ROOT, env=fleet.env, stdin=subprocess.DEVNULL,
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                         timeout=ISOLATION_TIMEOUT)
+    (fleet.workdir / "isolation-suite.log").write_text(res.stdout)
+    print(f"\nisolation suite across {fleet.names}: rc {res.returncode}, "
+          f"{time.monotonic() - started:.1f} s", file=sys.stderr)
+    tail = "\n".join(res.stdout.splitlines()[-60:])
+    assert res.returncode == 0, tail
+    for name in fleet.names:
+        passed = [line for line in res.stdout.splitlines() if "PASSED" in line and name in line]
+        assert passed, f"no test passed on {name}:\n{tail}"
