@@ -28,7 +28,7 @@ from helpers.debian_package import (
     project_version,
 )
 from helpers.devlog import SyslogCapture
-from helpers.entries import TEST_SERVICE, Entry, make_entries
+from helpers.entries import TEST_SERVICE, Entry, local_tools, make_entries
 from helpers.sshd import Sshd
 
 from pam_unshare import paths
@@ -39,6 +39,23 @@ IN_CI = bool(os.environ.get("CI"))
 # host's mounts even after the process has moved into the sandbox's mount namespace.
 HOST_ROOT = Path(f"/proc/self/fd/{os.open('/', os.O_PATH | os.O_DIRECTORY)}")
 ENABLED_SERVICES = ("su", "sudo", "sudo-i", "sshd", TEST_SERVICE)
+
+
+# The hosts the isolation suite (tests/isolation) runs against when --hosts is not given: this
+# machine and a booted systemd container (hosts/tiers.py). PU_TEST_HOSTS adds or replaces them,
+# e.g. PU_TEST_HOSTS=local://,ssh://pu-container,ssh://pu-vm for the VM tier too.
+DEFAULT_HOSTS = "local://,ssh://pu-container"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if config.option.hosts is None:
+        config.option.hosts = os.environ.get("PU_TEST_HOSTS") or DEFAULT_HOSTS
+    if config.option.ssh_config is None and "ssh://pu-" in config.option.hosts:
+        # The suite's own hosts add themselves here once booted (tests/isolation/conftest.py).
+        directory = Path(tempfile.mkdtemp(prefix="pam-unshare-ssh-"))
+        (directory / "config").write_text("# hosts booted by this test run\n")
+        config.option.ssh_config = str(directory / "config")
+        config.add_cleanup(lambda: shutil.rmtree(directory, ignore_errors=True))
 
 
 def require(condition: bool, reason: str) -> None:
@@ -154,7 +171,7 @@ def sshd(pam_sandbox: PamSandbox) -> Iterator[Sshd]:
 
 @pytest.fixture(scope="session")
 def entries(sshd: Sshd) -> Dict[str, Entry]:
-    return make_entries(sshd)
+    return make_entries(local_tools(lambda user, cmd, tty: sshd.command(user, cmd, tty=tty)))
 
 
 @pytest.fixture(scope="session")

@@ -18,15 +18,17 @@ Image recipe (``build_image``), cached in /var/cache/pam-unshare-tests as
   with virtio_pci, virtio_blk, crc32c_generic and ext4: a small initrd (a few MiB instead
   of ~36 MiB for MODULES=most) that is built once and unpacks fast under emulation;
 - a customize hook: hostname pam-unshare-vm, /etc/hosts, fstab with /dev/vda as /,
-  root's password locked, an empty machine-id (each boot is a fresh machine),
-  systemd-networkd with DHCP on the virtio NIC, units that only cost boot time masked
-  (apt/fstrim/e2scrub timers, systemd-firstboot, which would prompt on the console at a
-  first boot), and the one-shot unit that installs root's authorized_keys (see below);
+  no password for root (``*``: nothing matches it, yet ssh keys work even for an sshd with
+  UsePAM no, which refuses a ``!``-locked account), an empty machine-id (each boot is a
+  fresh machine), systemd-networkd with DHCP on the virtio NIC, units that only cost boot
+  time masked (apt/fstrim/e2scrub timers, systemd-firstboot, which would prompt on the
+  console at a first boot), and the one-shot unit that installs root's authorized_keys (see below);
   sshd's host keys come from openssh-server's postinst (same keys in every VM: fine for
   throwaway test hosts reached on loopback only);
 - ``mkfs.ext4 -d TREE -L root disk.raw 2G``: a sparse raw ext4 image made from the tree
   with no loop mount; vmlinuz and initrd.img are copied next to it;
-- everything is built in ``.tmp-vm-*`` and renamed into place, under a lock file.
+- everything is built in ``.tmp-vm-*`` and renamed into place, under a lock file; the disk is
+  made read-only, and the images of other keys are deleted once a new one is in place.
 
 The VM (``QemuVm``) boots the kernel directly (``-kernel/-initrd``) from a qcow2 overlay
 backed by the raw image, made in a temporary directory and deleted on stop: the cached image
@@ -105,7 +107,7 @@ HOSTNAME = "pam-unshare-vm"
 GUEST_SSH_PORT = 22
 GUEST_ADMIN_PORT = 2222
 # Bump when the way the image is made changes outside the hook scripts (which are hashed).
-_RECIPE_VERSION = "1"
+_RECIPE_VERSION = "2"
 _KEY_PARAM = "pam_unshare.authorized_key"
 # x86 COMMAND_LINE_SIZE is 2048; leave room for the rest of the command line.
 _MAX_KEY_PARAM = 1500
@@ -129,7 +131,10 @@ printf '127.0.0.1\tlocalhost\n127.0.1.1\tpam-unshare-vm\n' > "$root/etc/hosts"
 echo LANG=C.UTF-8 > "$root/etc/default/locale"
 printf '/dev/vda\t/\text4\tdefaults\t0\t0\n' > "$root/etc/fstab"
 : > "$root/etc/machine-id"
-chroot "$root" passwd --quiet --lock root
+# No password login for root: '*' never matches a password. Not 'passwd --lock' ('!'): with
+# UsePAM no (the admin sshd of provision-test-host) sshd refuses a '!'-locked account even with
+# a key.
+chroot "$root" usermod --password '*' root
 
 mkdir -p "$root/etc/systemd/network"
 cat > "$root/etc/systemd/network/20-virtio.network" <<'EOF'
@@ -240,7 +245,7 @@ def build_image(
     *,
     log: Path | None = None,
 ) -> VmImage:
-    """Return the cached VM image, building it first if needed (about a minute or two).
+    """Return the cached VM image, building it first if needed (30-60 s).
 
     The image lives in ``cache_dir/vm-bookworm-<key>/``. It is built in a temporary
     directory next to it and renamed into place once complete (its manifest written last
@@ -323,7 +328,20 @@ def build_image(
         except BaseException:
             _remove_tree(tmp)
             raise
+        _prune_other_images(cache_dir, keep=final)
     return VmImage.load(final)
+
+
+def _prune_other_images(cache_dir: Path, keep: Path) -> None:
+    """Delete the images of other keys (older recipes): each takes ~800 MiB of disk.
+
+    Safe for a VM still running from one: QEMU holds its files open, and Linux keeps an
+    unlinked file's data until the last close.
+    """
+    for old in cache_dir.glob(f"vm-{SUITE}-*"):
+        if old != keep and old.is_dir():
+            _remove_tree(old)
+            old.with_name(old.name + ".log").unlink(missing_ok=True)
 
 
 def _run_logged(argv: Sequence[str], out: IO[bytes], lock: IO[str]) -> None:
@@ -536,7 +554,7 @@ class QemuVm:
             # cache=unsafe: the overlay is thrown away, so the guest's flushes need not hit disk.
             "-drive", f"file={overlay},format=qcow2,if=virtio,cache=unsafe,discard=unmap",
             "-netdev", netdev,
-            "-device", "virtio-net-pci,netdev=n0",
+            "-device", "virtio-net-pci,netdev=n0,romfile=",  # no iPXE ROM: -kernel boots
             "-device", "virtio-rng-pci",
         ]  # fmt: skip
 
@@ -554,25 +572,31 @@ class QemuVm:
                 preexec_fn=_die_with_parent,  # noqa: PLW1509 - no threads here
             )
 
-    def _wait_ssh(self, deadline: float) -> None:
-        assert self._proc is not None
+    def wait_for_ssh(self, port: int = GUEST_SSH_PORT, timeout: float = 60.0) -> None:
+        """Wait until root runs ``true`` over ssh to the guest's *port* (22, or 2222 once an
+        sshd listens there: a freshly started sshd takes a moment under emulation)."""
+        self._wait_ssh(time.monotonic() + timeout, port)
+
+    def _wait_ssh(self, deadline: float, port: int = GUEST_SSH_PORT) -> None:
+        if self._proc is None:
+            raise VmError("VM is not running")
         last = ""
         while True:
             if self._proc.poll() is not None:
                 raise VmError(
-                    f"QEMU exited with {self._proc.returncode} while booting; "
+                    f"QEMU exited with {self._proc.returncode}; "
                     f"{self.qemu_log}:\n{_tail(self.qemu_log)}\n"
                     f"console {self.console_log}:\n{_tail(self.console_log)}"
                 )
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise VmError(
-                    f"no ssh to the VM after {self.boot_timeout:.0f}s ({last.strip()}); "
+                    f"no ssh to the VM's port {port} in time ({last.strip()}); "
                     f"console {self.console_log}:\n{_tail(self.console_log)}"
                 )
             try:
                 res = subprocess.run(
-                    self.ssh_argv(["true"], connect_timeout=5),
+                    self.ssh_argv(["true"], port, connect_timeout=5),
                     stdin=subprocess.DEVNULL,
                     capture_output=True,
                     text=True,
@@ -740,7 +764,7 @@ def main() -> None:
         help="keep the VM running this long before powering it off",
     )
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR)
-    args = parser.parse_args()  # fmt: skip
+    args = parser.parse_args()
 
     t0 = time.monotonic()
     image = build_image(args.cache_dir)

@@ -174,7 +174,8 @@ class VmTier:
         started = time.monotonic()
         image = build_image(self.cache)
         self.timings["image"] = time.monotonic() - started
-        self.vm = QemuVm(image, self.key.with_suffix(".pub"))
+        self.vm = QemuVm(image, self.key.with_suffix(".pub"),
+                         console_log=self.workdir / f"{self.name}.console.log")
         try:
             self.vm.start()
             self.timings["boot"] = self.vm.boot_seconds or 0.0
@@ -187,7 +188,8 @@ class VmTier:
             if result.returncode != 0:
                 raise TierError(f"provisioning {self.name} failed (rc {result.returncode}):\n"
                                 f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
-            wait_for_port("127.0.0.1", self.vm.admin_port, timeout=120)
+            # QEMU itself accepts on the forwarded port from the start: wait for the guest's sshd.
+            self.vm.wait_for_ssh(self.vm.admin_port, timeout=120)
             self.timings["provision"] = time.monotonic() - provisioned
         except BaseException:
             self.stop()

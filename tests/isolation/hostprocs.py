@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -260,3 +261,54 @@ def wait_until_none(probe: Callable[[], List[T]], timeout: float = 30.0,
         if not result or time.monotonic() >= deadline:
             return result
         time.sleep(interval)
+
+
+# ---- run on a test host -----------------------------------------------------------------------
+# The isolation suite looks at remote hosts too: it copies this file there and runs
+# `python3 hostprocs.py snapshot` (or kill) through testinfra; isolation/hostview.py reads the
+# JSON. Same code on every host, stdlib only.
+
+def environment_tags(pid: int) -> List[str]:
+    prefix = f"{TAG_VARIABLE}=".encode()
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as handle:
+            variables = handle.read().split(b"\0")
+    except OSError:
+        return []
+    return [variable[len(prefix):].decode(errors="replace") for variable in variables
+            if variable.startswith(prefix)]
+
+
+def snapshot() -> Dict[str, object]:
+    rows = []
+    for process in processes():
+        rows.append({**process.__dict__, "nspid": list(process.nspid),
+                     "pidns": pid_namespace(process.pid), "cmdline": cmdline(process.pid),
+                     "tags": environment_tags(process.pid)})
+    return {"now": now_ticks(), "self_pidns": pid_namespace(os.getpid()), "processes": rows}
+
+
+def main(argv: List[str]) -> int:
+    import json
+
+    if argv[:1] == ["snapshot"]:
+        json.dump(snapshot(), sys.stdout)
+        return 0
+    if argv[:1] == ["kill"] and len(argv) == 4:
+        process = read_process(int(argv[1]))
+        if process is not None and process.start == int(argv[2]):
+            kill(process, int(argv[3]))
+        return 0
+    if argv[:1] == ["status"] and len(argv) == 2:
+        json.dump(status_fields(int(argv[1])), sys.stdout)
+        return 0
+    if argv[:1] == ["fds"] and len(argv) == 2:
+        json.dump(fd_targets(int(argv[1])), sys.stdout)
+        return 0
+    print("usage: hostprocs.py snapshot | kill PID START SIGNAL | status PID | fds PID",
+          file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

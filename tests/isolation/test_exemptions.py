@@ -4,17 +4,14 @@ malformed option is reported and never makes isolation weaker than the default."
 
 from __future__ import annotations
 
-import os
 import re
-import shlex
-import uuid
 from dataclasses import dataclass
-from typing import Dict, List
+from typing import List
 
 import pytest
-from conftest import require_tools
-from helpers.entries import ENTRY_NAMES, Entry
-from testinfra.host import Host
+from helpers.entries import ENTRY_NAMES
+
+from isolation.targets import Target
 
 PROBE = ("echo pidns:$(readlink /proc/self/ns/pid); echo mntns:$(readlink /proc/self/ns/mnt); "
          "echo comm:$(cat /proc/1/comm)")
@@ -37,12 +34,12 @@ class View:
         return self.init_comm == "pam_unshare"
 
 
-def own_view() -> View:
-    """The view of this pytest process, which is also every caller's (su, sudo and the test
-    sshd are its children)."""
-    with open("/proc/1/comm", encoding="utf-8") as handle:
-        comm = handle.read().strip()
-    return View(os.readlink("/proc/self/ns/pid"), os.readlink("/proc/self/ns/mnt"), comm)
+def own_view(target: Target) -> View:
+    """The view of a root shell on the host, which is also every caller's (su, sudo and the
+    ssh client start there)."""
+    result = target.host.run(PROBE)
+    assert result.rc == 0, f"{target.name}: {result.stderr}"
+    return parse_view(result.stdout)
 
 
 def parse_view(output: str) -> View:
@@ -55,21 +52,24 @@ def parse_view(output: str) -> View:
     return View(facts["pidns"], facts["mntns"], facts["comm"])
 
 
-def session_view(host: Host, entries: Dict[str, Entry], entry_name: str, user: str) -> View:
-    result = host.run(entries[entry_name].command(user, PROBE))
-    assert result.rc == 0, f"{entry_name} as {user}: rc {result.rc}: {result.stderr}"
+def session_view(target: Target, entry_name: str, user: str) -> View:
+    result = target.host.run(target.entries[entry_name].command(user, PROBE))
+    assert result.rc == 0, (f"{target.name}/{entry_name} as {user}: rc {result.rc}: "
+                            f"{result.stderr}")
     return parse_view(result.stdout)
 
 
-def assert_exempt(view: View, what: str) -> None:
+def assert_exempt(target: Target, view: View, what: str) -> None:
     """Exempt means untouched: the caller's own PID and mount namespaces, the host's PID 1."""
-    assert view == own_view(), f"{what} was changed by the module: {view}"
+    assert view == own_view(target), f"{target.name}: {what} was changed by the module: {view}"
 
 
-def assert_namespaced(view: View, what: str) -> None:
-    host = own_view()
-    assert view.namespaced and view.pidns != host.pidns, f"{what} is not namespaced: {view}"
-    assert view.mntns != host.mntns, f"{what} shares the caller's mount namespace: {view}"
+def assert_namespaced(target: Target, view: View, what: str) -> None:
+    host = own_view(target)
+    assert view.namespaced and view.pidns != host.pidns, (
+        f"{target.name}: {what} is not namespaced: {view}")
+    assert view.mntns != host.mntns, (
+        f"{target.name}: {what} shares the caller's mount namespace: {view}")
 
 
 def module_lines(lines: List[str]) -> List[str]:
@@ -85,67 +85,65 @@ def severity(line: str) -> int:
 # ---- root -------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("entry_name", ENTRY_NAMES)
-def test_root_is_exempt_by_default(host, pam_sandbox, entries, entry_name):
-    since = pam_sandbox.syslog.mark()
-    assert_exempt(session_view(host, entries, entry_name, "root"), f"{entry_name} as root")
+def test_root_is_exempt_by_default(target, entry_name):
+    since = target.log_mark()
+    assert_exempt(target, session_view(target, entry_name, "root"), f"{entry_name} as root")
     # Left as without the module: not even a line in the log.
-    assert module_lines(pam_sandbox.syslog.lines(since)) == []
+    assert module_lines(target.log_lines(since)) == []
 
 
 @pytest.mark.parametrize("entry_name", SOME_ENTRIES)
-def test_a_normal_user_is_namespaced_by_default(host, entries, users, entry_name):
-    assert_namespaced(session_view(host, entries, entry_name, users.alice), entry_name)
+def test_a_normal_user_is_namespaced_by_default(target, entry_name):
+    assert_namespaced(target, session_view(target, entry_name, "pu_alice"), entry_name)
 
 
 # ---- exempt_users -----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("entry_name", SOME_ENTRIES)
-def test_exempt_users_exempts_exactly_the_users_named(host, pam_sandbox, entries, users,
-                                                      entry_name):
-    with pam_sandbox.options(f"exempt_users={users.alice}"):
-        alice = session_view(host, entries, entry_name, users.alice)
-        bob = session_view(host, entries, entry_name, users.bob)
-    assert_exempt(alice, f"{entry_name} as {users.alice}")
-    assert_namespaced(bob, f"{entry_name} as {users.bob}")
+def test_exempt_users_exempts_exactly_the_users_named(target, entry_name):
+    with target.options("exempt_users=pu_alice"):
+        alice = session_view(target, entry_name, "pu_alice")
+        bob = session_view(target, entry_name, "pu_bob")
+    assert_exempt(target, alice, f"{entry_name} as pu_alice")
+    assert_namespaced(target, bob, f"{entry_name} as pu_bob")
 
 
 @pytest.mark.parametrize("option", ["exempt_users=pu_alice", "exempt_users="])
 @pytest.mark.parametrize("entry_name", SOME_ENTRIES)
-def test_exempt_users_replaces_the_default_so_root_is_namespaced(host, pam_sandbox, entries,
-                                                                 entry_name, option):
-    with pam_sandbox.options(option):
-        root = session_view(host, entries, entry_name, "root")
-    assert_namespaced(root, f"{entry_name} as root with {option}")
+def test_exempt_users_replaces_the_default_so_root_is_namespaced(target, entry_name, option):
+    with target.options(option):
+        root = session_view(target, entry_name, "root")
+    assert_namespaced(target, root, f"{entry_name} as root with {option}")
 
 
 # ---- groups -----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("entry_name", SOME_ENTRIES)
-def test_exempt_groups_exempts_the_members_only(host, pam_sandbox, entries, users, entry_name):
-    with pam_sandbox.options(f"exempt_groups={users.exempt_group}"):
-        views = {user: session_view(host, entries, entry_name, user)
-                 for user in (users.carol, users.alice, users.dave, "root")}
-    assert_exempt(views[users.carol], f"{entry_name} as {users.carol}")
-    assert_namespaced(views[users.alice], f"{entry_name} as {users.alice}")
-    assert_namespaced(views[users.dave], f"{entry_name} as {users.dave}")
+def test_exempt_groups_exempts_the_members_only(target, entry_name):
+    with target.options("exempt_groups=pu_exempt"):
+        views = {user: session_view(target, entry_name, user)
+                 for user in ("pu_carol", "pu_alice", "pu_dave", "root")}
+    assert_exempt(target, views["pu_carol"], f"{entry_name} as pu_carol")
+    assert_namespaced(target, views["pu_alice"], f"{entry_name} as pu_alice")
+    assert_namespaced(target, views["pu_dave"], f"{entry_name} as pu_dave")
     # exempt_users keeps its default.
-    assert_exempt(views["root"], f"{entry_name} as root")
+    assert_exempt(target, views["root"], f"{entry_name} as root")
 
 
 @pytest.mark.parametrize("entry_name", SOME_ENTRIES)
-def test_only_groups_namespaces_the_members_only(host, pam_sandbox, entries, users, entry_name):
-    with pam_sandbox.options(f"only_groups={users.only_group}"):
-        views = {user: session_view(host, entries, entry_name, user)
-                 for user in (users.dave, users.alice, users.carol)}
-    assert_namespaced(views[users.dave], f"{entry_name} as {users.dave}")
-    assert_exempt(views[users.alice], f"{entry_name} as {users.alice}")
-    assert_exempt(views[users.carol], f"{entry_name} as {users.carol}")
+def test_only_groups_namespaces_the_members_only(target, entry_name):
+    with target.options("only_groups=pu_only"):
+        views = {user: session_view(target, entry_name, user)
+                 for user in ("pu_dave", "pu_alice", "pu_carol")}
+    assert_namespaced(target, views["pu_dave"], f"{entry_name} as pu_dave")
+    assert_exempt(target, views["pu_alice"], f"{entry_name} as pu_alice")
+    assert_exempt(target, views["pu_carol"], f"{entry_name} as pu_carol")
 
 
-def test_a_group_that_does_not_exist_matches_nobody(host, pam_sandbox, entries, users):
-    with pam_sandbox.options("exempt_groups=pu_no_such_group"):
-        alice = session_view(host, entries, "su", users.alice)
-    assert_namespaced(alice, f"su as {users.alice}")
+def test_a_group_that_does_not_exist_matches_nobody(target):
+    with target.options("exempt_groups=pu_no_such_group"):
+        alice = session_view(target, "su", "pu_alice")
+    assert_namespaced(target, alice, "su as pu_alice")
 
 
 # ---- malformed options ------------------------------------------------------------------------
@@ -170,33 +168,13 @@ MALFORMED = [
 
 @pytest.mark.parametrize(("pam_argument", "received"), MALFORMED,
                          ids=[received for _, received in MALFORMED])
-def test_a_malformed_option_is_reported_and_isolation_stays(host, pam_sandbox, entries, users,
-                                                            pam_argument, received):
-    since = pam_sandbox.syslog.mark()
-    with pam_sandbox.options(pam_argument):
-        alice = session_view(host, entries, "su", users.alice)
-    assert_namespaced(alice, f"su as {users.alice} with {received!r}")
-    reports = [line for line in module_lines(pam_sandbox.syslog.lines(since))
+def test_a_malformed_option_is_reported_and_isolation_stays(target, pam_argument, received):
+    since = target.log_mark()
+    with target.options(pam_argument):
+        alice = session_view(target, "su", "pu_alice")
+    assert_namespaced(target, alice, f"su as pu_alice with {received!r}")
+    reports = [line for line in module_lines(target.log_lines(since))
                if "ignoring option" in line]
     assert len(reports) == 1, reports
     assert f'ignoring option "{received}"' in reports[0], reports
     assert severity(reports[0]) == LOG_ERR, reports
-
-
-def test_a_malformed_onerr_still_refuses_a_failed_session(host, pam_sandbox, users):
-    """onerr=sometimes keeps onerr=fail: when the namespace cannot be made (no CAP_SYS_ADMIN),
-    the session is refused rather than run without one."""
-    require_tools("capsh")
-    markers = pam_sandbox.workdir / "exemption-markers"
-    markers.mkdir(exist_ok=True)
-    os.chmod(markers, 0o1777)  # alice could create the marker had her command run
-    marker = markers / f"onerr-{uuid.uuid4().hex}"
-    su = shlex.join(["su", users.alice, "-c", f"echo ran:yes; touch {marker}"])
-    since = pam_sandbox.syslog.mark()
-    with pam_sandbox.options("onerr=sometimes"):
-        result = host.run(shlex.join(["capsh", "--drop=cap_sys_admin", "--", "-c", su]))
-    lines = module_lines(pam_sandbox.syslog.lines(since))
-    assert result.rc != 0
-    assert "ran:yes" not in result.stdout and not marker.exists()
-    assert any('ignoring option "onerr=sometimes"' in line for line in lines), lines
-    assert any(line.endswith("; refusing the session") for line in lines), lines

@@ -30,26 +30,26 @@ def module_complaints(lines: list[str]) -> list[str]:
 
 
 @pytest.mark.parametrize("entry_name", sorted(READY_ROUNDS))
-def test_proc_is_ready_at_the_first_instruction(host, entries, users, pam_sandbox, entry_name):
+def test_proc_is_ready_at_the_first_instruction(target, entry_name):
     rounds = READY_ROUNDS[entry_name]
-    command = entries[entry_name].command(users.alice, "cat /proc/1/comm")
-    mark = pam_sandbox.syslog.mark()
-    result = host.run(session_loop(command, rounds))
+    command = target.entries[entry_name].command("pu_alice", "cat /proc/1/comm")
+    mark = target.log_mark()
+    result = target.host.run(session_loop(command, rounds))
     lines = [line.strip() for line in result.stdout.splitlines() if line.strip()]
     seen = collections.Counter(lines)
     others = {line: count for line, count in seen.items() if line != "pam_unshare"}
     assert seen["pam_unshare"] == rounds and not others, (
-        f"{entry_name}: {seen['pam_unshare']} of {rounds} sessions saw their own /proc at once; "
-        f"other output: {others}; stderr: {result.stderr[-2000:]}; "
-        f"syslog: {module_complaints(pam_sandbox.syslog.lines(mark))}"
+        f"{target.name}/{entry_name}: {seen['pam_unshare']} of {rounds} sessions saw their own "
+        f"/proc at once; other output: {others}; stderr: {result.stderr[-2000:]}; "
+        f"log: {module_complaints(target.log_lines(mark))}"
     )
 
 
 @pytest.mark.slow
-def test_no_session_is_killed_early(host, users, pam_sandbox):
-    command = shlex.join(["su", users.alice, "-c", "true"])
-    mark = pam_sandbox.syslog.mark()
-    result = host.run(
+def test_no_session_is_killed_early(target):
+    command = shlex.join(["su", "pu_alice", "-c", "true"])
+    mark = target.log_mark()
+    result = target.host.run(
         f"fails=0; for i in $(seq {BACK_TO_BACK}); do {command} </dev/null >/dev/null 2>&1; "
         f'rc=$?; if [ $rc -ne 0 ]; then fails=$((fails+1)); echo "session $i: rc=$rc"; fi; '
         f'done; echo "failures=$fails"'
@@ -59,6 +59,6 @@ def test_no_session_is_killed_early(host, users, pam_sandbox):
     rcs = collections.Counter(line.split("rc=")[1] for line in result.stdout.splitlines()
                               if "rc=" in line)
     assert failures == 0, (
-        f"{failures} of {BACK_TO_BACK} back-to-back `su -c true` failed (exit codes: "
-        f"{dict(rcs)}); syslog: {module_complaints(pam_sandbox.syslog.lines(mark))[:20]}"
+        f"{target.name}: {failures} of {BACK_TO_BACK} back-to-back `su -c true` failed (exit "
+        f"codes: {dict(rcs)}); log: {module_complaints(target.log_lines(mark))[:20]}"
     )

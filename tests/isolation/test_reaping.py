@@ -1,17 +1,13 @@
-"""The session's PID 1 as a process: it reaps orphans, holds nothing of its caller, has no
-privilege and sleeps in the kernel while idle."""
+"""The session's PID 1 reaps: no zombie survives in a session, and a caller capturing a session's
+output gets EOF at once even while the session lingers."""
 
 from __future__ import annotations
 
-import contextlib
-import os
 import re
-import subprocess
 import time
-from typing import Iterator, NamedTuple, Set
 
 import pytest
-from helpers.entries import ENTRY_NAMES, Entry
+from helpers.entries import ENTRY_NAMES
 
 from isolation import hostprocs
 
@@ -36,146 +32,62 @@ ps -e -o pid=,stat=,comm=
 
 
 @pytest.mark.parametrize("entry_name", ENTRY_NAMES)
-def test_orphans_are_reaped(host, entries, users, entry_name):
-    result = host.run(entries[entry_name].command(users.alice, ORPHAN_SCRIPT))
+def test_orphans_are_reaped(target, entry_name):
+    result = target.host.run(target.entries[entry_name].command("pu_alice", ORPHAN_SCRIPT))
     output = result.stdout.replace("\r", "")
-    assert result.rc == 0, f"{entry_name}: rc {result.rc}: {output} {result.stderr}"
+    where = f"{target.name}/{entry_name}"
+    assert result.rc == 0, f"{where}: rc {result.rc}: {output} {result.stderr}"
     control = re.search(r"^control=(\d+)$", output, re.MULTILINE)
     zombies = re.search(r"^zombies=(\d+)$", output, re.MULTILINE)
     assert control and zombies, output
-    assert int(control.group(1)) >= 1, f"the probe does not see zombies at all: {output}"
+    assert int(control.group(1)) >= 1, f"{where}: the probe does not see zombies at all: {output}"
     assert int(zombies.group(1)) == 0, (
-        f"{entry_name}: {zombies.group(1)} zombies left 30 s after {ORPHANS + LATE_ORPHANS} "
+        f"{where}: {zombies.group(1)} zombies left 30 s after {ORPHANS + LATE_ORPHANS} "
         f"orphans exited: {output}")
 
 
 @pytest.mark.parametrize("entry_name", ENTRY_NAMES)
-def test_caller_gets_eof_while_the_session_lingers(host, entries, users, entry_name):
+def test_caller_gets_eof_while_the_session_lingers(target, entry_name):
     """`x=$(su USER -c 'echo hi; setsid sleep 120 ... &')` returns at once with x == hi: PID 1,
     which stays for the sleep, holds none of the caller's descriptors."""
+    view = target.view
+    where = f"{target.name}/{entry_name}"
     tag = hostprocs.new_tag()
-    session = entries[entry_name].command(
-        users.alice,
+    session = target.entries[entry_name].command(
+        "pu_alice",
         f"{hostprocs.survive_hangup(entry_name)}echo hi; "
         f"{hostprocs.tag_assignment(tag)} setsid sleep 120 </dev/null >/dev/null 2>&1 &",
     )
     namespace = None
     try:
         started = time.monotonic()
-        result = host.run(f'x=$(timeout -k 5 90 {session}); echo "rc=$?"; printf %s "$x"')
+        result = target.host.run(
+            f'x=$(timeout -k 5 90 {session}); echo "rc=$?"; printf %s "$x"')
         elapsed = time.monotonic() - started
-        returned = hostprocs.now_ticks()
+        returned = view.now_ticks()
         status, _, captured = result.stdout.partition("\n")
-        assert elapsed < 60, f"{entry_name}: the caller waited {elapsed:.1f} s for EOF"
-        assert status == "rc=0", f"{entry_name}: {result.stdout} {result.stderr}"
-        assert captured.replace("\r", "") == "hi", f"{entry_name}: x={captured!r}"
+        assert elapsed < 60, f"{where}: the caller waited {elapsed:.1f} s for EOF"
+        assert status == "rc=0", f"{where}: {result.stdout} {result.stderr}"
+        assert captured.replace("\r", "") == "hi", f"{where}: x={captured!r}"
 
-        sleepers = hostprocs.wait_for(lambda: [
-            process for process in hostprocs.tagged(tag)
-            if hostprocs.cmdline(process.pid) == ["sleep", "120"]])
-        assert len(sleepers) == 1, f"{entry_name}: the session's sleep is not running"
+        sleepers = view.wait_for(lambda snap: [
+            process for process in snap.tagged(tag) if process.cmdline == ("sleep", "120")])
+        assert len(sleepers) == 1, f"{where}: the session's sleep is not running"
         sleeper = sleepers[0]
-        assert sleeper.nested, f"{entry_name}: the sleep runs outside any session: {sleeper}"
-        namespace = hostprocs.pid_namespace(sleeper.pid)
-        known_at = hostprocs.now_ticks()
+        assert sleeper.nested, f"{where}: the sleep runs outside any session: {sleeper}"
+        namespace = sleeper.pidns
+        known_at = view.now_ticks()
         assert namespace is not None
-        init = hostprocs.namespace_init(namespace)
+        init = view.snapshot().namespace_init(namespace)
         assert init is not None and init.comm == hostprocs.INIT_COMM, (
-            f"{entry_name}: the sleep's namespace has no session init: {init}")
+            f"{where}: the sleep's namespace has no session init: {init}")
 
-        hostprocs.kill(sleeper)
-        left = hostprocs.wait_until_none(
-            lambda: hostprocs.in_namespace(namespace, started_by=returned))
+        view.kill(sleeper)
+        left = view.wait_until_none(
+            lambda snap: snap.in_namespace(namespace, started_by=returned))
         assert left == [], (
-            f"{entry_name}: 30 s after its last process was killed, the namespace still holds "
-            f"{left}")
+            f"{where}: 30 s after its last process was killed, the namespace still holds {left}")
     finally:
-        for process in hostprocs.tagged(tag):
-            hostprocs.kill(process)
+        view.kill_tagged(tag)
         if namespace is not None:
-            hostprocs.kill_namespace(namespace, known_at)
-
-
-class BlockedSession(NamedTuple):
-    process: subprocess.Popen
-    caller_pipes: Set[int]  # inodes of the pipes the test gave the entry command
-    namespace: int
-    init: hostprocs.HostProcess
-    sleeper: hostprocs.HostProcess
-
-
-@contextlib.contextmanager
-def blocked_session(entry: Entry, user: str) -> Iterator[BlockedSession]:
-    """A session whose shell waits in `sleep 600`, started in the background; on leaving the
-    block the sleep is killed, the session ends and its PID 1 must be gone within 30 s."""
-    tag = hostprocs.new_tag()
-    process = subprocess.Popen(
-        entry.command(user, f"{hostprocs.tag_assignment(tag)} sleep 600"), shell=True,
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    assert process.stdin and process.stdout and process.stderr
-    pipes = {os.fstat(end.fileno()).st_ino
-             for end in (process.stdin, process.stdout, process.stderr)}
-    namespace = None
-    try:
-        sleepers = hostprocs.wait_for(lambda: [
-            found for found in hostprocs.tagged(tag)
-            if hostprocs.cmdline(found.pid) == ["sleep", "600"]])
-        assert len(sleepers) == 1, (
-            f"{entry.name}: the session did not start: {process.poll()} "
-            f"{process.stderr.read().decode(errors='replace') if process.poll() else ''}")
-        namespace = hostprocs.pid_namespace(sleepers[0].pid)
-        known_at = hostprocs.now_ticks()
-        assert namespace is not None
-        init = hostprocs.namespace_init(namespace)
-        assert init is not None and init.comm == hostprocs.INIT_COMM, (
-            f"{entry.name}: no session init for {sleepers[0]}: {init}")
-        yield BlockedSession(process, pipes, namespace, init, sleepers[0])
-
-        hostprocs.kill(sleepers[0])
-        process.communicate(timeout=60)
-        assert hostprocs.wait_for(lambda: not hostprocs.is_present(init)), (
-            f"{entry.name}: PID 1 is still there 30 s after the session ended")
-    finally:
-        if namespace is not None:
-            hostprocs.kill_namespace(namespace, known_at)
-        for found in hostprocs.tagged(tag):
-            hostprocs.kill(found)
-        if process.poll() is None:
-            process.kill()
-        process.communicate()
-
-
-# What PID 1 may hold: its lifeline (a pipe), its signalfd, pidfds of watched processes.
-ALLOWED_FD = re.compile(r"pipe:\[(\d+)\]|anon_inode:\[(signalfd|pidfd)\]|pidfd:.*")
-
-
-@pytest.mark.parametrize("entry_name", ENTRY_NAMES)
-def test_init_keeps_no_inherited_descriptor(entries, users, entry_name):
-    with blocked_session(entries[entry_name], users.alice) as session:
-        fds = hostprocs.fd_targets(session.init.pid)
-        unexpected = {fd: target for fd, target in fds.items()
-                      if not ALLOWED_FD.fullmatch(target)}
-        assert unexpected == {}, f"{entry_name}: PID 1 holds {fds}"
-        pipes = {int(match.group(1)) for match in map(ALLOWED_FD.fullmatch, fds.values())
-                 if match and match.group(1)}
-        assert len(pipes) <= 1, f"{entry_name}: more pipes than the lifeline: {fds}"
-        assert not pipes & session.caller_pipes, (
-            f"{entry_name}: PID 1 holds the caller's stdin, stdout or stderr: {fds}")
-
-
-@pytest.mark.parametrize("entry_name", ["su", "ssh-command"])
-def test_init_is_unprivileged_and_idle(entries, users, entry_name):
-    with blocked_session(entries[entry_name], users.alice) as session:
-        status = hostprocs.status_fields(session.init.pid)
-        for field in ("CapEff", "CapPrm", "CapBnd", "CapAmb", "CapInh"):
-            assert status[field] == "0000000000000000", f"{entry_name}: {field} {status[field]}"
-        assert status["NoNewPrivs"] == "1"
-        assert status["Uid"].split() == ["0", "0", "0", "0"]
-
-        before = hostprocs.refresh(session.init)
-        time.sleep(3)
-        after = hostprocs.refresh(session.init)
-        assert before is not None and after is not None
-        assert after.state == "S", f"{entry_name}: idle PID 1 is in state {after.state}"
-        assert after.cpu_ticks == before.cpu_ticks, (
-            f"{entry_name}: idle PID 1 used {after.cpu_ticks - before.cpu_ticks} ticks in 3 s")
+            view.kill_namespace(namespace, known_at)

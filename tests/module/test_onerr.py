@@ -179,3 +179,22 @@ def test_sudo_does_not_run_the_command_when_the_module_refuses(host, pam_sandbox
     # sudo itself stopped at pam_open_session, and said so.
     assert "pam_open_session" in result.stderr, result.stderr
     assert any("pam_open_session" in line for line in sudo_lines), sudo_lines
+
+
+def test_a_malformed_onerr_still_refuses_a_failed_session(host, pam_sandbox, users):
+    """onerr=sometimes keeps onerr=fail: when the namespace cannot be made (no CAP_SYS_ADMIN),
+    the session is refused rather than run without one."""
+    require_tools("capsh")
+    markers = pam_sandbox.workdir / "exemption-markers"
+    markers.mkdir(exist_ok=True)
+    os.chmod(markers, 0o1777)  # alice could create the marker had her command run
+    marker = markers / f"onerr-{uuid.uuid4().hex}"
+    su = shlex.join(["su", users.alice, "-c", f"echo ran:yes; touch {marker}"])
+    since = pam_sandbox.syslog.mark()
+    with pam_sandbox.options("onerr=sometimes"):
+        result = host.run(shlex.join(["capsh", "--drop=cap_sys_admin", "--", "-c", su]))
+    lines = module_lines(pam_sandbox.syslog.lines(since))
+    assert result.rc != 0
+    assert "ran:yes" not in result.stdout and not marker.exists()
+    assert any('ignoring option "onerr=sometimes"' in line for line in lines), lines
+    assert any(line.endswith("; refusing the session") for line in lines), lines

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Iterator, List
 
 import pytest
-
 from isolation import hostprocs
 
 STATE_DIR = "/run/pam_unshare"

@@ -1,0 +1,87 @@
+"""The isolation suite runs against every testinfra host given with --hosts (default:
+local:// and ssh://pu-container, see tests/conftest.py). The suite's own hosts (pu-container,
+pu-vm: hosts/tiers.py) are booted the first time a test needs them and stopped at the end."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Dict, Iterator
+
+import pytest
+from conftest import require, require_root
+from hosts.fixtures import CACHE_ENV
+from hosts.systemd_container import DEFAULT_CACHE_DIR
+from hosts.tiers import TIERS, Tier
+from testinfra.host import Host
+
+from isolation.targets import LocalTarget, RemoteTarget, Target
+
+
+def host_name(host: Host) -> str:
+    """The name the host was given in --hosts (ssh://root@NAME:PORT -> NAME)."""
+    spec = getattr(host.backend, "host", None)
+    return str(getattr(spec, "name", spec) or host.backend.get_pytest_id())
+
+
+class Tiers:
+    """The suite's own hosts, booted on first use; each adds its Host entry to the ssh config
+    that testinfra reads (--ssh-config, set in tests/conftest.py)."""
+
+    def __init__(self, config: pytest.Config, workdir: Path) -> None:
+        self.config = config
+        self.workdir = workdir
+        self.running: Dict[str, Tier] = {}
+
+    def ensure(self, name: str, deb: Path) -> None:
+        if name in self.running:
+            return
+        require_root()
+        ssh_config = self.config.option.ssh_config
+        require(ssh_config is not None and Path(ssh_config).exists(),
+                f"{name} needs the ssh config tests/conftest.py writes (--ssh-config)")
+        cache = Path(os.environ.get(CACHE_ENV) or DEFAULT_CACHE_DIR)
+        tier = TIERS[name](self.workdir, deb, cache)
+        tier.start()
+        self.running[name] = tier
+        with open(ssh_config, "a") as config:
+            config.write(tier.ssh_config_entry())
+
+    def stop(self) -> None:
+        for tier in self.running.values():
+            tier.stop()
+
+
+@pytest.fixture(scope="session")
+def tiers(pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathFactory
+          ) -> Iterator[Tiers]:
+    registry = Tiers(pytestconfig, tmp_path_factory.mktemp("tiers"))
+    try:
+        yield registry
+    finally:
+        registry.stop()
+
+
+@pytest.fixture(scope="session")
+def remote_targets() -> Iterator[Dict[str, RemoteTarget]]:
+    made: Dict[str, RemoteTarget] = {}
+    try:
+        yield made
+    finally:
+        for target in made.values():
+            target.stop()
+
+
+@pytest.fixture(scope="module")
+def target(host: Host, request: pytest.FixtureRequest, tiers: Tiers,
+           remote_targets: Dict[str, RemoteTarget]) -> Target:
+    if host.backend.NAME == "local":
+        return LocalTarget(host, request.getfixturevalue("pam_sandbox"),
+                           request.getfixturevalue("entries"),
+                           request.getfixturevalue("foreign_process"))
+    name = host_name(host)
+    if name in TIERS:
+        tiers.ensure(name, request.getfixturevalue("deb"))
+    if name not in remote_targets:
+        remote_targets[name] = RemoteTarget(host, name)
+    return remote_targets[name]
