@@ -189,7 +189,7 @@ class VmTier:
                 raise TierError(f"provisioning {self.name} failed (rc {result.returncode}):\n"
                                 f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}")
             # QEMU itself accepts on the forwarded port from the start: wait for the guest's sshd.
-            self.vm.wait_for_ssh(self.vm.admin_port, timeout=120)
+            self.vm.wait_for_ssh(ADMIN_PORT, timeout=120)
             self.timings["provision"] = time.monotonic() - provisioned
         except BaseException:
             self.stop()
