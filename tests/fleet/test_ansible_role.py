@@ -8,6 +8,7 @@ and each first puts the fleet in the state it starts from:
   host are namespaced;
 - a second run changes nothing (changed=0 for every host in the PLAY RECAP);
 - --check --diff on a host with other options shows the diff and changes no file;
+- pam-auth-update keeps the options the role wrote (another package's postinst, a reinstall);
 - pam_unshare_enabled: false gives every host its /etc/pam.d back, byte for byte;
 - a host without CAP_SYS_ADMIN fails its self-test, is rolled back to exactly what it was and
   reported failed, while the other two are enabled;
@@ -139,6 +140,22 @@ def test_check_diff_shows_other_options_and_changes_nothing(fleet: Fleet):
     assert_enabled(fleet, odd, OTHER_OPTIONS_TEXT)
 
 
+def test_pam_auth_update_keeps_the_options(fleet: Fleet):
+    """What a postinst or an upgrade runs regenerates common-session: the options stay, byte for
+    byte, and the role has nothing to do afterwards."""
+    odd = fleet.names[-1]
+    assert_all_ok(fleet.playbook(extra_vars=OTHER_OPTIONS, limit=odd), [odd])
+    before = fleet.digest(odd)
+    res = fleet.run(odd, "export DEBIAN_FRONTEND=noninteractive; pam-auth-update --package && "
+                         "pam-auth-update --enable pam-unshare && "
+                         "dpkg -i /var/cache/pam-unshare/libpam-unshare_*.deb", timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert fleet.digest(odd) == before
+    run = fleet.playbook(extra_vars=OTHER_OPTIONS, limit=odd)
+    assert_all_ok(run, [odd])
+    assert run.stats(odd)["changed"] == 0, run.tail()
+
+
 def test_disable_flip_gives_back_pam_d_byte_for_byte(fleet: Fleet):
     enable(fleet)
     run = fleet.playbook("--diff", extra_vars={"pam_unshare_enabled": False})
@@ -151,6 +168,14 @@ def test_disable_flip_gives_back_pam_d_byte_for_byte(fleet: Fleet):
     again = fleet.playbook(extra_vars={"pam_unshare_enabled": False})
     assert_all_ok(again, fleet.names)
     assert all(again.stats(name)["changed"] == 0 for name in fleet.names), again.tail()
+    # Check mode on disabled hosts (the package installed): what enabling would do, nothing done.
+    check = fleet.playbook("--check", "--diff")
+    assert_all_ok(check, fleet.names)
+    assert "would run pam-auth-update --enable pam-unshare" in check.output, check.tail()
+    assert f"+{SUDO_LINE}\n" in check.output, check.tail()
+    for name in fleet.names:
+        assert check.stats(name)["changed"] == 2, (name, check.tail())
+        assert fleet.digest(name) == fleet.pristine[name], name
 
 
 def drop_cap_sys_admin(fleet: Fleet, name: str, drop: bool) -> None:
