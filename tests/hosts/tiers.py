@@ -38,6 +38,7 @@ class TierError(RuntimeError):
 
 class Tier(Protocol):
     name: str
+    scale: float
 
     def start(self) -> None: ...
 
@@ -89,6 +90,8 @@ def wait_for_port(address: str, port: int, timeout: float) -> None:
 class ContainerTier:
     """Debian 12 booted by systemd-nspawn in its own network namespace, the .deb installed (with
     DEB None: the users, keys and admin sshd only, for a rollout to install the module)."""
+
+    scale = 1.0  # native speed: the full loop sizes
 
     def __init__(self, workdir: Path, deb: Path | None, cache: Path = DEFAULT_CACHE_DIR,
                  name: str = CONTAINER) -> None:
@@ -159,6 +162,9 @@ class VmTier:
     """Debian 12 under QEMU (-accel tcg), ssh forwarded to loopback, the .deb installed."""
 
     name = VM
+    # Emulated CPUs run logins about ten times slower: loops of hundreds of logins shrink to a
+    # tenth (tests/isolation/targets.rounds), every check stays.
+    scale = 0.1
 
     def __init__(self, workdir: Path, deb: Path, cache: Path = DEFAULT_CACHE_DIR) -> None:
         self.workdir = workdir

@@ -17,6 +17,9 @@ from testinfra.host import Host
 
 from isolation.targets import LocalTarget, RemoteTarget, Target
 
+# Overrides the loop sizes on remote hosts (1 = the full suite; targets.rounds()).
+SCALE_ENV = "PU_ISOLATION_SCALE"
+
 
 def host_name(host: Host) -> str:
     """The name the host was given in --hosts (ssh://root@NAME:PORT -> NAME)."""
@@ -80,8 +83,10 @@ def target(host: Host, request: pytest.FixtureRequest, tiers: Tiers,
                            request.getfixturevalue("entries"),
                            request.getfixturevalue("foreign_process"))
     name = host_name(host)
+    scale = 1.0
     if name in TIERS:
         tiers.ensure(name, request.getfixturevalue("deb"))
+        scale = TIERS[name].scale
     if name not in remote_targets:
-        remote_targets[name] = RemoteTarget(host, name)
+        remote_targets[name] = RemoteTarget(host, name, float(os.environ.get(SCALE_ENV, scale)))
     return remote_targets[name]

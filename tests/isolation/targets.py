@@ -40,8 +40,14 @@ MODULE_LINE = re.compile(r"^(\s*-?session\s+(?:\[[^\]]*\]|\S+)\s+\S*pam_unshare\
 FOREIGN_SECRET = "pu-foreign-job --password=hunter2"
 
 
+def rounds(target: Target, count: int) -> int:
+    """COUNT scaled for TARGET: loops of hundreds of logins shrink on a slow (emulated) host."""
+    return max(1, round(count * target.scale))
+
+
 class Target(Protocol):
     name: str
+    scale: float  # loop sizes relative to the full suite (rounds())
     host: Host
     entries: Dict[str, Entry]
     view: HostView
@@ -58,6 +64,7 @@ class Target(Protocol):
 
 class LocalTarget:
     name = "local"
+    scale = 1.0
 
     def __init__(self, host: Host, pam_sandbox, entries: Dict[str, Entry],  # noqa: ANN001
                  foreign_pid: int) -> None:
@@ -93,9 +100,10 @@ def with_options(text: str, options: List[str]) -> str:
 
 
 class RemoteTarget:
-    def __init__(self, host: Host, name: str) -> None:
+    def __init__(self, host: Host, name: str, scale: float = 1.0) -> None:
         self.host = host
         self.name = name
+        self.scale = scale
         self.check_provisioned()
         self.upload_helpers()
         self.entries = make_entries(remote_tools(REMOTE_HELPERS))

@@ -13,6 +13,8 @@ import shlex
 
 import pytest
 
+from isolation.targets import rounds
+
 # Sessions per way of logging in; su is the fastest, so it gets the most.
 READY_ROUNDS = {"su": 200, "sudo-nopty": 50, "ssh-command": 50, "python-pam": 50}
 BACK_TO_BACK = 1000
@@ -31,15 +33,15 @@ def module_complaints(lines: list[str]) -> list[str]:
 
 @pytest.mark.parametrize("entry_name", sorted(READY_ROUNDS))
 def test_proc_is_ready_at_the_first_instruction(target, entry_name):
-    rounds = READY_ROUNDS[entry_name]
+    count = rounds(target, READY_ROUNDS[entry_name])
     command = target.entries[entry_name].command("pu_alice", "cat /proc/1/comm")
     mark = target.log_mark()
-    result = target.host.run(session_loop(command, rounds))
+    result = target.host.run(session_loop(command, count))
     lines = [line.strip() for line in result.stdout.splitlines() if line.strip()]
     seen = collections.Counter(lines)
     others = {line: count for line, count in seen.items() if line != "pam_unshare"}
-    assert seen["pam_unshare"] == rounds and not others, (
-        f"{target.name}/{entry_name}: {seen['pam_unshare']} of {rounds} sessions saw their own "
+    assert seen["pam_unshare"] == count and not others, (
+        f"{target.name}/{entry_name}: {seen['pam_unshare']} of {count} sessions saw their own "
         f"/proc at once; other output: {others}; stderr: {result.stderr[-2000:]}; "
         f"log: {module_complaints(target.log_lines(mark))}"
     )
@@ -48,9 +50,10 @@ def test_proc_is_ready_at_the_first_instruction(target, entry_name):
 @pytest.mark.slow
 def test_no_session_is_killed_early(target):
     command = shlex.join(["su", "pu_alice", "-c", "true"])
+    count = rounds(target, BACK_TO_BACK)
     mark = target.log_mark()
     result = target.host.run(
-        f"fails=0; for i in $(seq {BACK_TO_BACK}); do {command} </dev/null >/dev/null 2>&1; "
+        f"fails=0; for i in $(seq {count}); do {command} </dev/null >/dev/null 2>&1; "
         f'rc=$?; if [ $rc -ne 0 ]; then fails=$((fails+1)); echo "session $i: rc=$rc"; fi; '
         f'done; echo "failures=$fails"'
     )
@@ -59,6 +62,6 @@ def test_no_session_is_killed_early(target):
     rcs = collections.Counter(line.split("rc=")[1] for line in result.stdout.splitlines()
                               if "rc=" in line)
     assert failures == 0, (
-        f"{target.name}: {failures} of {BACK_TO_BACK} back-to-back `su -c true` failed (exit "
+        f"{target.name}: {failures} of {count} back-to-back `su -c true` failed (exit "
         f"codes: {dict(rcs)}); log: {module_complaints(target.log_lines(mark))[:20]}"
     )

@@ -10,21 +10,22 @@ import pytest
 from helpers.entries import ENTRY_NAMES
 
 from isolation import hostprocs
+from isolation.targets import rounds
 
 ORPHANS = 200
 LATE_ORPHANS = 20
 # Inside a session: a zombie whose parent never waits (a control: zombies are visible), then
 # ORPHANS orphans that exit at once and LATE_ORPHANS that exit after their parent is gone; then
 # up to 30 s until no zombie and no late orphan is left.
-ORPHAN_SCRIPT = f"""
+ORPHAN_SCRIPT = """
 zombies() {{ ps -e -o stat= | grep -c '^Z'; }}
 unsettled() {{ ps -e -o stat=,comm= | grep -c -e '^Z' -e ' sleep$'; }}
 sh -c 'true & exec sleep 60' & holder=$!
 i=0; while [ $i -lt 300 ]; do n=$(zombies); [ "$n" -ge 1 ] && break; sleep 0.1; i=$((i+1)); done
 echo control=$n
 kill $holder; wait $holder
-for i in $(seq {ORPHANS}); do sh -c 'true &'; done
-for i in $(seq {LATE_ORPHANS}); do sh -c 'sleep 0.5 &'; done
+for i in $(seq {orphans}); do sh -c 'true &'; done
+for i in $(seq {late_orphans}); do sh -c 'sleep 0.5 &'; done
 i=0; while [ $i -lt 300 ] && [ "$(unsettled)" -ne 0 ]; do sleep 0.1; i=$((i+1)); done
 echo zombies=$(zombies)
 ps -e -o pid=,stat=,comm=
@@ -33,7 +34,9 @@ ps -e -o pid=,stat=,comm=
 
 @pytest.mark.parametrize("entry_name", ENTRY_NAMES)
 def test_orphans_are_reaped(target, entry_name):
-    result = target.host.run(target.entries[entry_name].command("pu_alice", ORPHAN_SCRIPT))
+    orphans, late_orphans = rounds(target, ORPHANS), rounds(target, LATE_ORPHANS)
+    script = ORPHAN_SCRIPT.format(orphans=orphans, late_orphans=late_orphans)
+    result = target.host.run(target.entries[entry_name].command("pu_alice", script))
     output = result.stdout.replace("\r", "")
     where = f"{target.name}/{entry_name}"
     assert result.rc == 0, f"{where}: rc {result.rc}: {output} {result.stderr}"
@@ -42,7 +45,7 @@ def test_orphans_are_reaped(target, entry_name):
     assert control and zombies, output
     assert int(control.group(1)) >= 1, f"{where}: the probe does not see zombies at all: {output}"
     assert int(zombies.group(1)) == 0, (
-        f"{where}: {zombies.group(1)} zombies left 30 s after {ORPHANS + LATE_ORPHANS} "
+        f"{where}: {zombies.group(1)} zombies left 30 s after {orphans + late_orphans} "
         f"orphans exited: {output}")
 
 
