@@ -256,6 +256,8 @@ def test_isolation_suite_across_the_fleet(fleet: Fleet):
     enable(fleet)
     argv = [sys.executable, "-P", "-m", "pytest", "tests/isolation", "--hosts=ansible://all",
             f"--ansible-inventory={fleet.inventory}", "-n", str(len(fleet.names)),
+            # One worker per host: a test changes its host's module options for a block.
+            "--dist=loadgroup",
             "-p", "no:cacheprovider", "-v"]
     started = time.monotonic()
     res = subprocess.run(argv, cwd=ROOT, env=fleet.env, stdin=subprocess.DEVNULL,

@@ -55,6 +55,19 @@ class Tiers:
             tier.stop()
 
 
+def pytest_collection_modifyitems(items: list) -> None:
+    """With pytest-xdist (--dist loadgroup), all of one host's tests run on one worker: tests
+    change the module's options on their host for a block, which must not overlap."""
+    here = Path(__file__).resolve().parent
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        if callspec is None or here not in Path(item.path).resolve().parents:
+            continue
+        host = callspec.params.get("_testinfra_host")
+        if host is not None:
+            item.add_marker(pytest.mark.xdist_group(host.backend.get_pytest_id()))
+
+
 @pytest.fixture(scope="session")
 def tiers(pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathFactory
           ) -> Iterator[Tiers]:

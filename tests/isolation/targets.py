@@ -17,7 +17,6 @@ import base64
 import contextlib
 import io
 import json
-import re
 import shlex
 import sys
 import tarfile
@@ -34,9 +33,6 @@ from isolation.hostview import HostView
 HOSTPROCS = Path(hostprocs.__file__).resolve()
 REMOTE_HELPERS = "/usr/local/lib/pam-unshare-tests"
 USERS = ("pu_alice", "pu_bob", "pu_carol", "pu_dave")
-# The module's line in a PAM file: type, control (a word or [value=action ...]), module path.
-MODULE_LINE = re.compile(r"^(\s*-?session\s+(?:\[[^\]]*\]|\S+)\s+\S*pam_unshare\.so)\b.*$",
-                         re.MULTILINE)
 FOREIGN_SECRET = "pu-foreign-job --password=hunter2"
 
 
@@ -93,12 +89,6 @@ def _tarball(files: Dict[str, Path]) -> str:
     return base64.b64encode(buffer.getvalue()).decode()
 
 
-def with_options(text: str, options: List[str]) -> str:
-    """TEXT (a PAM file) with OPTIONS as the arguments of every pam_unshare line."""
-    suffix = "".join(f" {option}" for option in options)
-    return MODULE_LINE.sub(lambda match: match.group(1) + suffix, text)
-
-
 class RemoteTarget:
     def __init__(self, host: Host, name: str, scale: float = 1.0) -> None:
         self.host = host
@@ -134,7 +124,7 @@ class RemoteTarget:
                              f"(tests/hosts/provision-test-host): missing {', '.join(missing)}")
 
     def upload_helpers(self) -> None:
-        files = {name: HELPERS / name for name in HELPER_FILES}
+        files = {name: HELPERS / name for name in (*HELPER_FILES, "pam_options.py")}
         files["hostprocs.py"] = HOSTPROCS
         files["pam"] = Path(python_pam.__file__).resolve().parent
         self.sh(f"mkdir -p {REMOTE_HELPERS} && echo {_tarball(files)} | base64 -d | "
@@ -156,19 +146,12 @@ class RemoteTarget:
 
     @contextlib.contextmanager
     def options(self, *options: str) -> Iterator[None]:
-        originals = {path: self.host.file(path).content_string
-                     for path in self.sh("grep -l pam_unshare.so /etc/pam.d/* || true").split()}
+        helper = f"python3 {REMOTE_HELPERS}/pam_options.py"
         try:
-            for path, text in originals.items():
-                self.write(path, with_options(text, list(options)))
+            self.sh(f"{helper} set {shlex.join(options)}")
             yield
         finally:
-            for path, text in originals.items():
-                self.write(path, text)
-
-    def write(self, path: str, text: str) -> None:
-        encoded = base64.b64encode(text.encode()).decode()
-        self.sh(f"echo {encoded} | base64 -d > {path}.pu-tmp && mv -f {path}.pu-tmp {path}")
+            self.sh(f"{helper} restore")
 
     def log_mark(self) -> str:
         last = self.sh("journalctl --sync; journalctl -q -n 1 -o json")
