@@ -67,14 +67,20 @@ def test_control_every_probe_sees_the_process_outside_a_session(target):
                         f"from the host, so they prove nothing: {blind}"
 
 
+def leak_report(target: Target, entry_name: str, verdicts: Dict[str, str]) -> str:
+    """What a failing test says: the host, the entry path and each probe that saw through."""
+    leaks = sorted(name for name, verdict in verdicts.items() if verdict != "hidden")
+    if not leaks:
+        return ""
+    return (f"LEAK on {target.name} through {entry_name}: probes {', '.join(leaks)} show "
+            f"{FOREIGN_SECRET!r} (PID {target.foreign_pid}) to pu_alice")
+
+
 @pytest.mark.parametrize("entry_name", ENTRY_NAMES)
 def test_no_probe_sees_another_users_process(target, entry_name):
     command = target.entries[entry_name].command("pu_alice", probe_script(target.foreign_pid))
-    verdicts = run_probes(target, command)
-    leaks = sorted(name for name, verdict in verdicts.items() if verdict != "hidden")
-    assert leaks == [], (f"LEAK on {target.name} through {entry_name}: probes "
-                         f"{', '.join(leaks)} show {FOREIGN_SECRET!r} (PID "
-                         f"{target.foreign_pid}) to pu_alice")
+    report = leak_report(target, entry_name, run_probes(target, command))
+    assert report == "", report
 
 
 @pytest.mark.parametrize("entry_name", ENTRY_NAMES)
@@ -111,3 +117,7 @@ def test_the_probes_catch_a_leak(target, entry_name):
     assert seeing == set(PROBES) - OWNER_ONLY, (
         f"{target.name}/{entry_name}: without a namespace these probes should see the foreign "
         f"process, and only these do: {sorted(seeing)}")
+    expected = ", ".join(sorted(set(PROBES) - OWNER_ONLY))
+    assert leak_report(target, entry_name, verdicts) == (
+        f"LEAK on {target.name} through {entry_name}: probes {expected} show "
+        f"{FOREIGN_SECRET!r} (PID {target.foreign_pid}) to pu_alice")
