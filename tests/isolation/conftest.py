@@ -55,6 +55,7 @@ class Tiers:
             tier.stop()
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(items: list) -> None:
     """With pytest-xdist (--dist loadgroup), all of one host's tests run on one worker: tests
     change the module's options on their host for a block, which must not overlap."""
