@@ -18,6 +18,7 @@ HELPERS = Path(__file__).resolve().parent
 TEST_SERVICE = "pam-unshare-test"
 # Files the entries run on the host (copied to remote hosts next to each other).
 HELPER_FILES = ("in_pty.py", "pam_session.py")
+IN_PTY = str(HELPERS / "in_pty.py")
 
 
 @dataclass(frozen=True)
