@@ -271,3 +271,6 @@ def test_isolation_suite_across_the_fleet(fleet: Fleet):
     for name in fleet.names:
         passed = [line for line in res.stdout.splitlines() if "PASSED" in line and name in line]
         assert passed, f"no test passed on {name}:\n{tail}"
+        # loadgroup marks each test id with its group: one worker per host, as it must be.
+        ungrouped = [line for line in passed if f"@ansible://{name}" not in line]
+        assert not ungrouped, f"tests of {name} ran outside its xdist group: {ungrouped[:3]}"

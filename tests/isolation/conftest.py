@@ -17,6 +17,7 @@ from testinfra.host import Host
 
 from isolation.targets import LocalTarget, RemoteTarget, Target
 
+HERE = Path(__file__).resolve().parent
 # Overrides the loop sizes on remote hosts (1 = the full suite; targets.rounds()).
 SCALE_ENV = "PU_ISOLATION_SCALE"
 
@@ -55,18 +56,17 @@ class Tiers:
             tier.stop()
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
-def pytest_collection_modifyitems(items: list) -> None:
+def pytest_itemcollected(item: pytest.Item) -> None:
     """With pytest-xdist (--dist loadgroup), all of one host's tests run on one worker: tests
-    change the module's options on their host for a block, which must not overlap."""
-    here = Path(__file__).resolve().parent
-    for item in items:
-        callspec = getattr(item, "callspec", None)
-        if callspec is None or here not in Path(item.path).resolve().parents:
-            continue
-        host = callspec.params.get("_testinfra_host")
-        if host is not None:
-            item.add_marker(pytest.mark.xdist_group(host.backend.get_pytest_id()))
+    change the module's options on their host for a block, which must not overlap. Marked as
+    each item is collected, before any pytest_collection_modifyitems (xdist reads the groups
+    there; hook order between conftests and plugins is not something to rely on)."""
+    callspec = getattr(item, "callspec", None)
+    if callspec is None or HERE not in Path(item.path).resolve().parents:
+        return
+    host = callspec.params.get("_testinfra_host")
+    if host is not None:
+        item.add_marker(pytest.mark.xdist_group(host.backend.get_pytest_id()))
 
 
 @pytest.fixture(scope="session")
