@@ -18,40 +18,18 @@ from typing import Callable, Dict, List, Tuple, TypeVar
 
 from testinfra.host import Host
 
-from isolation.hostprocs import INIT_COMM, PF_EXITING
+from isolation.hostprocs import INIT_COMM, HostProcess
 
 T = TypeVar("T")
 
 
 @dataclass(frozen=True)
-class Process:
-    pid: int
-    comm: str
-    state: str
-    flags: int
-    cpu_ticks: int
-    start: int
-    nspid: Tuple[int, ...]
+class Process(HostProcess):
+    """A HostProcess as the snapshot saw it, with what the tests ask of it besides."""
+
     pidns: int | None
     cmdline: Tuple[str, ...]
     tags: Tuple[str, ...]
-
-    @property
-    def nested(self) -> bool:
-        return len(self.nspid) > 1
-
-    @property
-    def is_namespace_init(self) -> bool:
-        return self.nested and self.nspid[-1] == 1
-
-    @property
-    def zombie(self) -> bool:
-        return self.state in ("Z", "X")
-
-    @property
-    def exited(self) -> bool:
-        """Dead or dying: an exited PID 1 stays until its namespace is empty (hostprocs)."""
-        return self.zombie or bool(self.flags & PF_EXITING)
 
 
 @dataclass(frozen=True)
