@@ -11,4 +11,8 @@
 int pu_user_exempt(const struct pu_options *opts, const char *user, int *exempt,
                    struct pu_failure *why);
 
+/* Looks USER up, growing the buffer as long entries need: 0 with *UID and *GID set, or -1 with
+ * errno (ENOENT: no such user). */
+int pu_lookup_user(const char *user, uid_t *uid, gid_t *gid);
+
 #endif

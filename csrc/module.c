@@ -2,7 +2,6 @@
 #define PAM_SM_SESSION
 
 #include <errno.h>
-#include <pwd.h>
 #include <security/pam_ext.h>
 #include <security/pam_modules.h>
 #include <stdlib.h>
@@ -34,6 +33,13 @@ static int session_failed(pam_handle_t *pamh, const struct pu_options *opts, con
                           const struct pu_failure *why)
 {
     errno = why->err;
+    if (why->refuse_always) {
+        pam_syslog(pamh, LOG_ERR,
+                   "%s failed for user %s: %m; refusing the session (the user's own limits: "
+                   "onerr does not apply)",
+                   why->step, user ? user : "(unknown)");
+        return PAM_SYSTEM_ERR;
+    }
     if (opts->onerr == PU_ONERR_SUCCEED) {
         pam_syslog(pamh, LOG_ERR,
                    "%s failed for user %s: %m; session continues without a namespace "
@@ -54,30 +60,21 @@ static void free_session(pam_handle_t *pamh, void *data, int error_status)
     free(data);
 }
 
-static int lookup_uid(const char *user, uid_t *uid, struct pu_failure *why)
-{
-    struct passwd pw, *found = NULL;
-    char buf[4096];
-    int err = getpwnam_r(user, &pw, buf, sizeof buf, &found);
-
-    if (found == NULL) {
-        *why = (struct pu_failure){"looking up the user's uid for scope=user", err ? err : ENOENT};
-        return -1;
-    }
-    *uid = pw.pw_uid;
-    return 0;
-}
-
-/* scope=session: a namespace of its own; scope=user: the user's one, made if needed. */
+/* scope=session: a namespace of its own; scope=user: the user's one, made if needed. Either way
+ * counted against the user's max_sessions, which needs the uid. */
 static int start_or_join(const struct pu_options *opts, const char *user,
                          struct pu_session *session, struct pu_failure *why)
 {
-    uid_t uid;
+    uid_t uid = (uid_t)-1;
+    gid_t gid;
 
-    if (opts->scope == PU_SCOPE_SESSION)
-        return pu_session_start(opts, session, why);
-    if (lookup_uid(user, &uid, why) < 0)
+    if ((opts->scope == PU_SCOPE_USER || opts->max_sessions > 0) &&
+        pu_lookup_user(user, &uid, &gid) < 0) {
+        *why = pu_failure_of("looking up the user's uid", errno);
         return -1;
+    }
+    if (opts->scope == PU_SCOPE_SESSION)
+        return pu_session_start(opts, uid, session, why);
     return pu_session_start_user(opts, uid, session, why);
 }
 
@@ -92,7 +89,7 @@ static struct pu_session *open_session_of(pam_handle_t *pamh)
 PAM_EXTERN int pam_sm_open_session(pam_handle_t *pamh, int flags, int argc, const char **argv)
 {
     struct pu_options opts;
-    struct pu_failure why = {NULL, 0};
+    struct pu_failure why = pu_failure_of(NULL, 0);
     struct pu_session *session;
     const void *item = NULL;
     const char *user;
@@ -103,7 +100,7 @@ PAM_EXTERN int pam_sm_open_session(pam_handle_t *pamh, int flags, int argc, cons
 
     if (pam_get_item(pamh, PAM_USER, &item) != PAM_SUCCESS || item == NULL ||
         *(const char *)item == '\0') {
-        why = (struct pu_failure){"reading PAM_USER (no user is set)", EINVAL};
+        why = pu_failure_of("reading PAM_USER (no user is set)", EINVAL);
         return session_failed(pamh, &opts, NULL, &why);
     }
     user = item;
@@ -123,7 +120,7 @@ PAM_EXTERN int pam_sm_open_session(pam_handle_t *pamh, int flags, int argc, cons
     }
     session = calloc(1, sizeof *session);
     if (session == NULL) {
-        why = (struct pu_failure){"allocating the session state", ENOMEM};
+        why = pu_failure_of("allocating the session state", ENOMEM);
         return session_failed(pamh, &opts, user, &why);
     }
     session->pidfd = -1;
@@ -132,7 +129,7 @@ PAM_EXTERN int pam_sm_open_session(pam_handle_t *pamh, int flags, int argc, cons
      * fail, and pam_set_data can. */
     if (pam_set_data(pamh, SESSION_DATA, session, free_session) != PAM_SUCCESS) {
         free(session);
-        why = (struct pu_failure){"storing the session state (pam_set_data)", ENOMEM};
+        why = pu_failure_of("storing the session state (pam_set_data)", ENOMEM);
         return session_failed(pamh, &opts, user, &why);
     }
 
@@ -149,7 +146,7 @@ PAM_EXTERN int pam_sm_open_session(pam_handle_t *pamh, int flags, int argc, cons
 PAM_EXTERN int pam_sm_close_session(pam_handle_t *pamh, int flags, int argc, const char **argv)
 {
     struct pu_options opts;
-    struct pu_failure why = {NULL, 0};
+    struct pu_failure why = pu_failure_of(NULL, 0);
     struct pu_session *session;
     int rc = PAM_SUCCESS;
 

@@ -24,6 +24,9 @@
 #include <grp.h>
 #include <linux/securebits.h>
 #include <linux/capability.h>
+#include <sys/resource.h>
+
+#include "init/protocol.h"
 
 #ifndef MFD_EXEC
 #define MFD_EXEC 0x0010U
@@ -41,16 +44,35 @@ extern const unsigned char pu_init_blob_end[];
 #define READY_TIMEOUT_MS 10000
 #define EXIT_TIMEOUT_MS 10000
 
-/* The fds PID 1 finds at exec (see init/init.c). */
-enum { INIT_LIFELINE_FD = 3, INIT_READY_FD = 4, INIT_LISTEN_FD = 5, INIT_PROGRAM_FD = 6 };
+/* Descriptors the caller may need at once while it starts or joins a namespace, above those it
+ * holds already: the user's RLIMIT_NOFILE must not decide whether isolation happens. */
+#define CALLER_SPARE_FDS 64
+/* Below this the caller's own descriptors and ours may not fit: see check_user_limits. */
+#define MIN_CALLER_FDS 16
+
+_Static_assert(PU_MAX_SESSIONS_LIMIT <= PU_INIT_MAX_JOINED,
+               "max_sessions must fit the init's table of joined sessions");
 
 /* scope=user: where a user's namespace can be found. Root-only, and in /run so that a reboot
  * forgets it. */
 #define STATE_DIR "/run/pam_unshare"
 #define LISTEN_BACKLOG 128
 
+/* The init's resource limits, set whatever the caller inherited from the user (ulimit -n, -f,
+ * -v, -t before su): none may make the init fail or die. */
+static const struct init_limit {
+    int resource;
+    rlim_t value;
+} INIT_LIMITS[] = {
+    {RLIMIT_NOFILE, PU_INIT_NOFILE}, {RLIMIT_FSIZE, RLIM_INFINITY}, {RLIMIT_AS, RLIM_INFINITY},
+    {RLIMIT_DATA, RLIM_INFINITY},    {RLIMIT_STACK, 8u << 20},      {RLIMIT_CPU, RLIM_INFINITY},
+    {RLIMIT_CORE, 0},
+};
+
 /* Steps of the child before it becomes the init; their index crosses the ready pipe. */
 enum child_step {
+    STEP_IDENTITY,
+    STEP_LIMITS,
     STEP_PROPAGATION,
     STEP_MOUNT_PROC,
     STEP_MEMFD,
@@ -70,6 +92,8 @@ enum child_step {
 };
 
 static const char *const CHILD_STEP_NAMES[STEP_COUNT] = {
+    [STEP_IDENTITY] = "setting the session init's uid and gid to 0",
+    [STEP_LIMITS] = "setting the resource limits of the session init",
     [STEP_PROPAGATION] = "setting mount propagation of / in the session",
     [STEP_MOUNT_PROC] = "mounting the session's /proc",
     [STEP_MEMFD] = "creating the memfd for the session init",
@@ -94,18 +118,23 @@ struct child_report {
 
 static int fail(struct pu_failure *why, const char *step, int err)
 {
-    why->step = step;
-    why->err = err;
+    *why = pu_failure_of(step, err);
     return -1;
 }
 
 static void close_if_open(int *fd)
 {
     if (*fd >= 0) {
+        int saved = errno;
         close(*fd);
         *fd = -1;
+        errno = saved;
     }
 }
+
+/* The one cleanup idiom: a descriptor that goes out of scope is closed, unless steal_fd() handed
+ * it on. */
+#define autoclose __attribute__((cleanup(close_if_open)))
 
 static long monotonic_ms(void)
 {
@@ -170,32 +199,66 @@ static int create_init_program(int ready_fd)
     return fd;
 }
 
-/* Puts LIFELINE, READY, LISTENER (-1: none) and PROGRAM at the numbers the init expects and
- * closes everything else: the caller's socket, pty and pipes must not be kept alive by PID 1. */
-static void arrange_fds(int lifeline, int ready, int listener, int program)
-{
-    int fds[4] = {lifeline, ready, listener, program};
-    const int targets[4] = {INIT_LIFELINE_FD, INIT_READY_FD, INIT_LISTEN_FD, INIT_PROGRAM_FD};
+/* The descriptors the init gets, at the numbers of protocol.h; -1: none. */
+struct init_fds {
+    int lifeline, ready, listener, program, slot;
+};
 
-    /* Above every target first, so that no dup2 overwrites a source. */
-    for (int i = 0; i < 4; i++) {
-        if (fds[i] < 0)
+/* Closes every inherited descriptor but the ones in FDS (-1: none): first, so that what the
+ * child opens next gets a low number whatever the user's RLIMIT_NOFILE, and the caller's socket,
+ * pty and pipes are never kept alive by PID 1. */
+static void keep_only(const struct init_fds *given)
+{
+    int keep[5] = {given->lifeline, given->ready, given->listener, given->program, given->slot};
+    unsigned int next = 0;
+
+    /* A handful of numbers: sort them, then close the gaps between. */
+    for (int i = 1; i < 5; i++)
+        for (int j = i; j > 0 && keep[j - 1] > keep[j]; j--) {
+            int swap = keep[j];
+            keep[j] = keep[j - 1];
+            keep[j - 1] = swap;
+        }
+    for (int i = 0; i < 5; i++) {
+        if (keep[i] < 0 || (unsigned int)keep[i] < next)
             continue;
-        fds[i] = fcntl(fds[i], F_DUPFD_CLOEXEC, 10);
-        if (fds[i] < 0)
-            child_failed(ready, STEP_MOVE_FDS);
+        if ((unsigned int)keep[i] > next && syscall(SYS_close_range, next, keep[i] - 1, 0) < 0)
+            child_failed(given->ready, STEP_CLOSE_FDS);
+        next = (unsigned int)keep[i] + 1;
     }
-    ready = fds[1];
-    if (syscall(SYS_close_range, 0, 9, 0) < 0)
-        child_failed(ready, STEP_CLOSE_FDS);
-    for (int i = 0; i < 4; i++) {
+    if (syscall(SYS_close_range, next, ~0U, 0) < 0)
+        child_failed(given->ready, STEP_CLOSE_FDS);
+}
+
+/* Moves each of FDS (nothing else is open: keep_only) to the number of protocol.h. A descriptor
+ * sitting on another's number is moved out of the way to the lowest free one, which exists below
+ * PU_INIT_LAST_FD + 1 (five descriptors, eight numbers): no RLIMIT_NOFILE above that is needed. */
+static void arrange_fds(struct init_fds *given)
+{
+    enum { N = 5 };
+    int *fds[N] = {&given->lifeline, &given->ready, &given->listener, &given->program,
+                   &given->slot};
+    const int targets[N] = {PU_INIT_LIFELINE_FD, PU_INIT_READY_FD, PU_INIT_LISTEN_FD,
+                            PU_INIT_PROGRAM_FD, PU_INIT_SLOT_FD};
+
+    for (int i = 0; i < N; i++) {
+        int old = *fds[i];
+        if (old < 0 || old == targets[i])
+            continue;
+        for (int j = 0; j < N; j++) {
+            if (j != i && *fds[j] == targets[i]) {
+                int moved = fcntl(*fds[j], F_DUPFD_CLOEXEC, 0);
+                if (moved < 0)
+                    child_failed(given->ready, STEP_MOVE_FDS);
+                *fds[j] = moved; /* the old number is replaced by dup3 below */
+            }
+        }
         /* The program is exec'd through its fd and needs no copy in the init. */
-        if (fds[i] >= 0 && dup3(fds[i], targets[i], i == 3 ? O_CLOEXEC : 0) < 0)
-            child_failed(ready, STEP_MOVE_FDS);
+        if (dup3(old, targets[i], targets[i] == PU_INIT_PROGRAM_FD ? O_CLOEXEC : 0) < 0)
+            child_failed(given->ready, STEP_MOVE_FDS);
+        close(old);
+        *fds[i] = targets[i];
     }
-    ready = INIT_READY_FD;
-    if (syscall(SYS_close_range, INIT_PROGRAM_FD + 1, ~0U, 0) < 0)
-        child_failed(ready, STEP_CLOSE_FDS);
 }
 
 /* scope=user: the socket later sessions of the user connect to. Made here, by the init-to-be,
@@ -246,17 +309,46 @@ static void drop_privileges(int ready_fd)
         child_failed(ready_fd, STEP_NO_NEW_PRIVS);
 }
 
-__attribute__((noreturn)) static void become_init(const struct pu_options *opts, int lifeline,
-                                                  int ready, const char *listen_path)
+/* su and sudo open the session while the real uid is still the calling user's: an init that kept
+ * it could be signalled (stopped, killed) by that user from outside the namespace. Then limits of
+ * our own, before anything they could break. */
+static void take_identity(int ready_fd)
+{
+    if (setresgid(0, 0, 0) < 0 || setresuid(0, 0, 0) < 0)
+        child_failed(ready_fd, STEP_IDENTITY);
+    for (size_t i = 0; i < sizeof INIT_LIMITS / sizeof INIT_LIMITS[0]; i++) {
+        struct rlimit limit = {INIT_LIMITS[i].value, INIT_LIMITS[i].value};
+        if (setrlimit(INIT_LIMITS[i].resource, &limit) == 0)
+            continue;
+        /* Without CAP_SYS_RESOURCE (some containers) a hard limit cannot be raised: take as much
+         * as it allows. The caller has checked that it is enough (check_user_limits). */
+        if (errno != EPERM || getrlimit(INIT_LIMITS[i].resource, &limit) < 0)
+            child_failed(ready_fd, STEP_LIMITS);
+        if (INIT_LIMITS[i].value < limit.rlim_max)
+            limit.rlim_max = INIT_LIMITS[i].value;
+        limit.rlim_cur = limit.rlim_max;
+        if (setrlimit(INIT_LIMITS[i].resource, &limit) < 0)
+            child_failed(ready_fd, STEP_LIMITS);
+    }
+    /* The socket of scope=user is bound with it: never the user's umask. */
+    umask(077);
+}
+
+__attribute__((noreturn)) static void become_init(const struct pu_options *opts,
+                                                  struct init_fds fds, const char *listen_path)
 {
     unsigned long propagation = opts->propagation == PU_PROPAGATION_PRIVATE ? MS_PRIVATE : MS_SLAVE;
-    char *const argv[] = {"pam_unshare-init",
-                          opts->on_logout == PU_ON_LOGOUT_KILL ? "kill" : "linger",
-                          listen_path ? "user" : NULL, NULL};
+    char max_joined[16];
+    char *const argv[] = {PU_INIT_ARGV0,
+                          opts->on_logout == PU_ON_LOGOUT_KILL ? PU_INIT_KILL : PU_INIT_LINGER,
+                          listen_path ? PU_INIT_USER : NULL, max_joined, NULL};
     char *const envp[] = {NULL};
-    int listener = -1;
-    int program;
+    int ready = fds.ready;
 
+    snprintf(max_joined, sizeof max_joined, "%d",
+             opts->max_sessions > 0 ? opts->max_sessions : PU_INIT_MAX_JOINED);
+    take_identity(ready);
+    keep_only(&fds);
     /* Before any mount: with / shared (every systemd host) a mount or unmount here would
      * otherwise propagate back to the host. */
     if (mount("none", "/", NULL, MS_REC | propagation, NULL) < 0)
@@ -265,15 +357,15 @@ __attribute__((noreturn)) static void become_init(const struct pu_options *opts,
      * below it and cannot be unmounted, and the old one stays out of reach underneath. */
     if (mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0)
         child_failed(ready, STEP_MOUNT_PROC);
-    program = create_init_program(ready);
+    fds.program = create_init_program(ready);
     if (chdir("/") < 0)
         child_failed(ready, STEP_CHDIR);
     if (listen_path)
-        listener = listen_for_joiners(listen_path, ready);
-    arrange_fds(lifeline, ready, listener, program);
-    drop_privileges(INIT_READY_FD);
-    syscall(SYS_execveat, INIT_PROGRAM_FD, "", argv, envp, AT_EMPTY_PATH);
-    child_failed(INIT_READY_FD, STEP_EXEC_INIT);
+        fds.listener = listen_for_joiners(listen_path, ready);
+    arrange_fds(&fds);
+    drop_privileges(PU_INIT_READY_FD);
+    syscall(SYS_execveat, PU_INIT_PROGRAM_FD, "", argv, envp, AT_EMPTY_PATH);
+    child_failed(PU_INIT_READY_FD, STEP_EXEC_INIT);
 }
 
 /* ---- the caller ------------------------------------------------------------------------------ */
@@ -297,7 +389,7 @@ static int await_ready(int ready_fd, struct pu_failure *why)
     do {
         got = read(ready_fd, &report, sizeof report);
     } while (got < 0 && errno == EINTR);
-    if (got == 1 && ((const char *)&report)[0] == 'R')
+    if (got == 1 && ((const char *)&report)[0] == PU_INIT_READY)
         return 0;
     if (got == (ssize_t)sizeof report && report.step >= 0 && report.step < STEP_COUNT)
         return fail(why, CHILD_STEP_NAMES[report.step], report.err);
@@ -333,13 +425,18 @@ static long clone_init(int *pidfd)
 static int join_namespaces(int pidfd, struct pu_failure *why)
 {
     char cwd[PATH_MAX];
-    int have_cwd = getcwd(cwd, sizeof cwd) != NULL;
+    struct stat left, reached;
+    int have_cwd = getcwd(cwd, sizeof cwd) != NULL && stat(".", &left) == 0;
 
     if (setns(pidfd, CLONE_NEWPID | CLONE_NEWNS) < 0)
         return fail(why, "joining the session's namespaces (setns)", errno);
     /* setns() into a mount namespace moves the working directory to its root; the namespace is
-     * a copy of the caller's, so the same path leads back. */
-    if (!have_cwd || chdir(cwd) < 0) {
+     * a copy of the caller's, so the same path leads back. The path is walked as root, and a user
+     * who swapped a component for a symlink since getcwd() would be led into a directory they
+     * cannot reach (another user's 0700 home): only the directory left, by device and inode,
+     * will do, otherwise /. */
+    if (!have_cwd || chdir(cwd) < 0 || stat(".", &reached) < 0 || reached.st_dev != left.st_dev ||
+        reached.st_ino != left.st_ino) {
         if (chdir("/") < 0) {
             /* Cannot happen for root in a copy of its own tree; nothing left to fall back to. */
         }
@@ -357,89 +454,206 @@ static void init_session(struct pu_session *session, const struct pu_options *op
     session->kill_on_close = opts->on_logout == PU_ON_LOGOUT_KILL && opts->scope == PU_SCOPE_SESSION;
 }
 
+/* Hands FD over to a new owner: the cleanup attribute of its old home then closes nothing. */
+static int steal_fd(int *fd)
+{
+    int stolen = *fd;
+    *fd = -1;
+    return stolen;
+}
+
 /* Starts PID 1 in new namespaces and joins them; LISTEN_PATH (NULL: none) is the socket on which
- * it accepts later sessions of the same user. */
-static int start_namespace(const struct pu_options *opts, const char *listen_path,
+ * it accepts later sessions of the same user, SLOT (-1: none) the quota slot it holds. */
+static int start_namespace(const struct pu_options *opts, const char *listen_path, int slot,
                            struct pu_session *session, struct pu_failure *why)
 {
-    int lifeline[2] = {-1, -1};
-    int ready[2] = {-1, -1};
-    int pidfd = -1;
+    autoclose int lifeline_read = -1, lifeline_write = -1, ready_read = -1, ready_write = -1;
+    autoclose int pidfd = -1;
+    int fds[2];
     long pid;
 
-    if (pipe2(lifeline, O_CLOEXEC) < 0)
+    if (pipe2(fds, O_CLOEXEC) < 0)
         return fail(why, "creating the session lifeline pipe", errno);
-    if (pipe2(ready, O_CLOEXEC) < 0) {
-        int err = errno;
-        close(lifeline[0]);
-        close(lifeline[1]);
-        return fail(why, "creating the session ready pipe", err);
-    }
+    lifeline_read = fds[0];
+    lifeline_write = fds[1];
+    if (pipe2(fds, O_CLOEXEC) < 0)
+        return fail(why, "creating the session ready pipe", errno);
+    ready_read = fds[0];
+    ready_write = fds[1];
 
     /* A fresh child in fresh namespaces: the caller itself changes only at the very end, in one
      * atomic setns(), so a failure anywhere before leaves it untouched. exit_signal 0 keeps the
      * init out of callers' SIGCHLD handlers and waitpid(-1) loops. */
     pid = clone_init(&pidfd);
     if (pid == 0) {
-        close(lifeline[1]);
-        close(ready[0]);
-        become_init(opts, lifeline[0], ready[1], listen_path);
+        struct init_fds given = {.lifeline = lifeline_read, .ready = ready_write, .listener = -1,
+                                 .program = -1, .slot = slot};
+        become_init(opts, given, listen_path);
     }
-    if (pid < 0) {
-        int err = errno;
-        close(lifeline[0]);
-        close(lifeline[1]);
-        close(ready[0]);
-        close(ready[1]);
-        return fail(why, "creating the PID and mount namespaces", err);
-    }
-    close(lifeline[0]);
-    close(ready[1]);
+    if (pid < 0)
+        return fail(why, "creating the PID and mount namespaces", errno);
+    close_if_open(&lifeline_read);
+    close_if_open(&ready_write);
 
-    if (await_ready(ready[0], why) < 0 || join_namespaces(pidfd, why) < 0) {
-        close(ready[0]);
-        close(lifeline[1]);
+    if (await_ready(ready_read, why) < 0 || join_namespaces(pidfd, why) < 0) {
         discard_init(pidfd);
-        close(pidfd);
         return -1;
     }
-    close(ready[0]);
-    session->pidfd = pidfd;
-    session->lifeline_fd = lifeline[1];
+    session->pidfd = steal_fd(&pidfd);
+    session->lifeline_fd = steal_fd(&lifeline_write);
     session->init_pid = (pid_t)pid;
     return 0;
 }
 
-int pu_session_start(const struct pu_options *opts, struct pu_session *session,
-                     struct pu_failure *why)
+/* The caller's RLIMIT_NOFILE comes from the user (ulimit -n before su): raised for the few
+ * descriptors the module needs, then put back as it was, so the user's shell inherits the user's
+ * own choice. Root callers may raise it; where that fails, the calls that follow report it. */
+struct saved_nofile {
+    struct rlimit limit;
+    int changed;
+};
+
+static void raise_nofile(struct saved_nofile *saved)
 {
-    init_session(session, opts);
-    return start_namespace(opts, NULL, session, why);
+    struct rlimit wanted;
+
+    saved->changed = 0;
+    if (getrlimit(RLIMIT_NOFILE, &saved->limit) < 0)
+        return;
+    wanted = saved->limit;
+    if (wanted.rlim_cur != RLIM_INFINITY && wanted.rlim_cur < CALLER_SPARE_FDS * 16)
+        wanted.rlim_cur = CALLER_SPARE_FDS * 16;
+    if (wanted.rlim_max != RLIM_INFINITY && wanted.rlim_max < wanted.rlim_cur)
+        wanted.rlim_max = wanted.rlim_cur;
+    if (wanted.rlim_cur == saved->limit.rlim_cur && wanted.rlim_max == saved->limit.rlim_max)
+        return;
+    if (setrlimit(RLIMIT_NOFILE, &wanted) == 0) {
+        saved->changed = 1;
+        return;
+    }
+    /* No CAP_SYS_RESOURCE: up to the hard limit the user left. */
+    wanted = saved->limit;
+    wanted.rlim_cur = wanted.rlim_max;
+    saved->changed = setrlimit(RLIMIT_NOFILE, &wanted) == 0;
 }
 
-/* ---- scope=user ------------------------------------------------------------------------------ */
+static void restore_nofile(const struct saved_nofile *saved)
+{
+    if (saved->changed)
+        setrlimit(RLIMIT_NOFILE, &saved->limit);
+}
+
+/* Whether the limits the caller inherited from the user leave room for the session: where root
+ * cannot raise a hard limit (no CAP_SYS_RESOURCE), a user who lowered it would otherwise make the
+ * init fail, and under onerr=succeed choose a session without a namespace. Refused outright. */
+static int check_user_limits(struct pu_failure *why)
+{
+    struct rlimit nofile, fsize;
+    rlim_t init_size = (rlim_t)(pu_init_blob_end - pu_init_blob);
+
+    if (getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur < MIN_CALLER_FDS) {
+        *why = pu_failure_of("checking the caller's RLIMIT_NOFILE (the user's limit)", EMFILE);
+        why->refuse_always = 1;
+        return -1;
+    }
+    if (getrlimit(RLIMIT_FSIZE, &fsize) == 0 && fsize.rlim_max < init_size) {
+        /* The child raises it when it may: probe whether it may, and put it back. */
+        struct rlimit raised = {fsize.rlim_cur, RLIM_INFINITY};
+        if (setrlimit(RLIMIT_FSIZE, &raised) < 0) {
+            *why = pu_failure_of("checking the caller's RLIMIT_FSIZE (the user's limit)", EFBIG);
+            why->refuse_always = 1;
+            return -1;
+        }
+        setrlimit(RLIMIT_FSIZE, &fsize);
+    }
+    return 0;
+}
+
+/* ---- the state directory: scope=user sockets, per-user quotas ------------------------------ */
 
 /* The state directory, made if missing; refused unless it is a root-owned directory that nobody
  * else may write, since whoever could plant a socket there could hand out namespaces. */
 static int open_state_dir(struct pu_failure *why)
 {
     struct stat st;
-    int fd;
+    autoclose int fd = -1;
 
     if (mkdir(STATE_DIR, 0700) < 0 && errno != EEXIST)
         return fail(why, "creating " STATE_DIR, errno);
     fd = open(STATE_DIR, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
     if (fd < 0)
         return fail(why, "opening " STATE_DIR, errno);
-    if (fstat(fd, &st) < 0 || st.st_uid != 0 || (st.st_mode & 077) != 0) {
-        close(fd);
+    if (fstat(fd, &st) < 0 || st.st_uid != 0 || (st.st_mode & 077) != 0)
         return fail(why, "checking that " STATE_DIR " is root-only", EPERM);
-    }
-    return fd;
+    return steal_fd(&fd);
 }
 
+/* max_sessions for scope=session: the user's quota is a file of MAX bytes in the state dir, and
+ * each live session's init holds a write lock on one byte of it (an open file description lock,
+ * which the init inherits and the kernel drops when the init is gone, however it ends). Returns
+ * the locked descriptor to hand to the init, or -1 with *WHY set: the file cannot be used, or
+ * all MAX slots are held. */
+static int take_quota_slot(int dir, uid_t uid, int max, struct pu_failure *why)
+{
+    char name[64];
+    autoclose int fd = -1;
+
+    snprintf(name, sizeof name, "user-%u.sessions", (unsigned)uid);
+    fd = openat(dir, name, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return fail(why, "opening the session quota of the user", errno);
+    for (int slot = 0; slot < max; slot++) {
+        struct flock lock = {.l_type = F_WRLCK, .l_whence = SEEK_SET, .l_start = slot,
+                             .l_len = 1};
+        if (fcntl(fd, F_OFD_SETLK, &lock) == 0)
+            return steal_fd(&fd);
+        if (errno != EAGAIN && errno != EACCES)
+            return fail(why, "taking a slot of the user's session quota", errno);
+    }
+    /* The user's own doing, like their rlimits: onerr=succeed must not turn it into a session
+     * without a namespace. */
+    fail(why, "counting the user's sessions (max_sessions reached)", EUSERS);
+    why->refuse_always = 1;
+    return -1;
+}
+
+/* scope=session: a quota slot (max_sessions), then a namespace of its own. */
+static int start_counted(const struct pu_options *opts, uid_t uid, struct pu_session *session,
+                         struct pu_failure *why)
+{
+    autoclose int dir = -1, slot = -1;
+
+    if (opts->max_sessions > 0) {
+        if ((dir = open_state_dir(why)) < 0)
+            return -1;
+        if ((slot = take_quota_slot(dir, uid, opts->max_sessions, why)) < 0)
+            return -1;
+        close_if_open(&dir); /* one descriptor fewer for a caller the user held to few */
+    }
+    /* The init holds its own copy of SLOT; ours is closed on return, the lock stays. */
+    return start_namespace(opts, NULL, slot, session, why);
+}
+
+int pu_session_start(const struct pu_options *opts, uid_t uid, struct pu_session *session,
+                     struct pu_failure *why)
+{
+    struct saved_nofile nofile;
+    int rc;
+
+    init_session(session, opts);
+    raise_nofile(&nofile);
+    rc = check_user_limits(why);
+    if (rc == 0)
+        rc = start_counted(opts, uid, session, why);
+    restore_nofile(&nofile);
+    return rc;
+}
+
+/* ---- scope=user ------------------------------------------------------------------------------ */
+
 /* Tries to join the running namespace of the user behind SOCKET_PATH. 1: joined; 0: there is
- * none (no socket, nobody listening, or its PID 1 is on its way out); -1: failure. */
+ * none (no socket, nobody listening, or its PID 1 is on its way out); -1: failure, including a
+ * namespace that holds max_sessions sessions already. */
 static int join_user_namespace(const char *socket_path, struct pu_session *session,
                                struct pu_failure *why)
 {
@@ -448,7 +662,7 @@ static int join_user_namespace(const char *socket_path, struct pu_session *sessi
     socklen_t peer_len = sizeof peer;
     struct pollfd still_there;
     char answer = 0;
-    int sock, pidfd;
+    autoclose int sock = -1, pidfd = -1;
     ssize_t got;
 
     socket_address(&addr, socket_path);
@@ -456,101 +670,105 @@ static int join_user_namespace(const char *socket_path, struct pu_session *sessi
     if (sock < 0)
         return fail(why, "creating a socket to join the user's namespace", errno);
     if (connect(sock, (struct sockaddr *)&addr, sizeof addr) < 0) {
-        int err = errno;
-        close(sock);
-        if (err == ENOENT || err == ECONNREFUSED)
+        if (errno == ENOENT || errno == ECONNREFUSED)
             return 0;
-        return fail(why, "connecting to the user's namespace", err);
+        return fail(why, "connecting to the user's namespace", errno);
     }
     /* PID 1 answers once it has counted us: from then on it stays while we hold the socket. */
-    if (wait_readable(sock, READY_TIMEOUT_MS) < 0) {
-        int err = errno;
-        close(sock);
-        return fail(why, "waiting for the user's namespace to accept the session", err);
-    }
+    if (wait_readable(sock, READY_TIMEOUT_MS) < 0)
+        return fail(why, "waiting for the user's namespace to accept the session", errno);
     do {
         got = read(sock, &answer, 1);
     } while (got < 0 && errno == EINTR);
     /* Only an answer that never comes (EOF, reset: PID 1 is on its way out) means "none". Any
      * other error is a failure: taken for "none", it would start a second namespace. */
-    if (got < 0 && errno != ECONNRESET) {
-        int err = errno;
-        close(sock);
-        return fail(why, "reading the answer of the user's namespace", err);
+    if (got < 0 && errno != ECONNRESET)
+        return fail(why, "reading the answer of the user's namespace", errno);
+    if (got == 1 && answer == PU_INIT_FULL) {
+        fail(why, "joining the user's namespace (max_sessions reached)", EUSERS);
+        why->refuse_always = 1;
+        return -1;
     }
-    if (got != 1 || answer != 'J') {
-        close(sock);
+    if (got != 1 || answer != PU_INIT_JOINED)
         return 0;
-    }
-    if (getsockopt(sock, SOL_SOCKET, SO_PEERCRED, &peer, &peer_len) < 0 || peer.uid != 0) {
-        int err = errno ? errno : EPERM;
-        close(sock);
-        return fail(why, "checking who answers on the user's namespace socket", err);
-    }
+    errno = 0;
+    if (getsockopt(sock, SOL_SOCKET, SO_PEERCRED, &peer, &peer_len) < 0 || peer.uid != 0)
+        return fail(why, "checking who answers on the user's namespace socket",
+                    errno ? errno : EPERM);
     pidfd = (int)syscall(SYS_pidfd_open, peer.pid, 0);
     if (pidfd < 0) {
-        int err = errno;
-        close(sock);
-        if (err == ESRCH)
+        if (errno == ESRCH)
             return 0;
-        return fail(why, "taking a pidfd of the user's namespace init", err);
+        return fail(why, "taking a pidfd of the user's namespace init", errno);
     }
     /* The peer still holds the connection after the pidfd was taken, so the pidfd is that
      * process and not a newcomer that reused its number. */
     still_there = (struct pollfd){.fd = sock, .events = POLLRDHUP};
     got = poll(&still_there, 1, 0);
-    if (got != 0) {
-        int err = errno;
-        close(pidfd);
-        close(sock);
-        if (got > 0)
-            return 0;
-        return fail(why, "checking that the user's namespace init is still there", err);
-    }
-    if (join_namespaces(pidfd, why) < 0) {
-        close(pidfd);
-        close(sock);
+    if (got > 0)
+        return 0;
+    if (got < 0)
+        return fail(why, "checking that the user's namespace init is still there", errno);
+    if (join_namespaces(pidfd, why) < 0)
         return -1;
-    }
-    session->pidfd = pidfd;
-    session->lifeline_fd = sock;
+    session->pidfd = steal_fd(&pidfd);
+    session->lifeline_fd = steal_fd(&sock);
     session->init_pid = peer.pid;
     return 1;
+}
+
+/* Under the user's lock: joins the user's namespace, or starts it when none is alive. */
+static int join_or_start(const struct pu_options *opts, int dir, uid_t uid,
+                         struct pu_session *session, struct pu_failure *why)
+{
+    char socket_name[64], socket_path[128];
+    int rc;
+
+    snprintf(socket_name, sizeof socket_name, "user-%u.sock", (unsigned)uid);
+    snprintf(socket_path, sizeof socket_path, STATE_DIR "/%s", socket_name);
+    rc = join_user_namespace(socket_path, session, why);
+    if (rc != 0)
+        return rc < 0 ? -1 : 0;
+    /* None alive: whatever socket is left belongs to a namespace that died. */
+    if (unlinkat(dir, socket_name, 0) < 0 && errno != ENOENT)
+        return fail(why, "removing the stale socket of the user's namespace", errno);
+    return start_namespace(opts, socket_path, -1, session, why);
+}
+
+/* Two logins of one user at once must end in one namespace: find-or-create under a lock (released
+ * when LOCK is closed). */
+static int start_user_locked(const struct pu_options *opts, uid_t uid, struct pu_session *session,
+                             struct pu_failure *why)
+{
+    char lock_name[64];
+    autoclose int dir = -1, lock = -1;
+    int rc;
+
+    snprintf(lock_name, sizeof lock_name, "user-%u.lock", (unsigned)uid);
+    if ((dir = open_state_dir(why)) < 0)
+        return -1;
+    lock = openat(dir, lock_name, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (lock < 0)
+        return fail(why, "opening the lock of the user's namespace", errno);
+    while ((rc = flock(lock, LOCK_EX)) < 0 && errno == EINTR)
+        ;
+    if (rc < 0)
+        return fail(why, "locking the user's namespace", errno);
+    return join_or_start(opts, dir, uid, session, why);
 }
 
 int pu_session_start_user(const struct pu_options *opts, uid_t uid, struct pu_session *session,
                           struct pu_failure *why)
 {
-    char socket_name[64], socket_path[128], lock_name[64];
-    int dir, lock, rc;
+    struct saved_nofile nofile;
+    int rc;
 
     init_session(session, opts);
-    snprintf(socket_name, sizeof socket_name, "user-%u.sock", (unsigned)uid);
-    snprintf(socket_path, sizeof socket_path, STATE_DIR "/%s", socket_name);
-    snprintf(lock_name, sizeof lock_name, "user-%u.lock", (unsigned)uid);
-    if ((dir = open_state_dir(why)) < 0)
-        return -1;
-    lock = openat(dir, lock_name, O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0600);
-    if (lock < 0) {
-        close(dir);
-        return fail(why, "opening the lock of the user's namespace", errno);
-    }
-    /* Two logins of one user at once must end in one namespace: find-or-create under a lock. */
-    while ((rc = flock(lock, LOCK_EX)) < 0 && errno == EINTR)
-        ;
-    if (rc < 0) {
-        rc = fail(why, "locking the user's namespace", errno);
-    } else if ((rc = join_user_namespace(socket_path, session, why)) == 0) {
-        /* None alive: whatever socket is left belongs to a namespace that died. */
-        if (unlinkat(dir, socket_name, 0) < 0 && errno != ENOENT)
-            rc = fail(why, "removing the stale socket of the user's namespace", errno);
-        else
-            rc = start_namespace(opts, socket_path, session, why);
-    } else if (rc == 1) {
-        rc = 0;
-    }
-    close(lock); /* also releases the flock */
-    close(dir);
+    raise_nofile(&nofile);
+    rc = check_user_limits(why);
+    if (rc == 0)
+        rc = start_user_locked(opts, uid, session, why);
+    restore_nofile(&nofile);
     return rc;
 }
 

@@ -10,7 +10,16 @@
 struct pu_failure {
     const char *step;
     int err;
+    /* The user caused it (their own resource limits): refused even under onerr=succeed, so that
+     * no choice of the user's can decide that a session runs without a namespace. */
+    int refuse_always;
 };
+
+/* The one way to say what failed: STEP and ERR, for onerr to decide. */
+static inline struct pu_failure pu_failure_of(const char *step, int err)
+{
+    return (struct pu_failure){.step = step, .err = err, .refuse_always = 0};
+}
 
 struct pu_session {
     int pidfd;        /* the session's PID 1 */
@@ -24,13 +33,15 @@ struct pu_session {
 /* Starts a PID 1 in new PID and mount namespaces (propagation set, fresh /proc mounted), waits
  * until it runs, then moves the calling process into its mount namespace and makes the caller's
  * future children members of its PID namespace. Either all of that happens, or nothing does: on
- * failure the caller is left as it was, no process remains, and *WHY says what failed. */
-int pu_session_start(const struct pu_options *opts, struct pu_session *session,
+ * failure the caller is left as it was, no process remains, and *WHY says what failed. The
+ * session counts against user UID's max_sessions for as long as its PID 1 lives. */
+int pu_session_start(const struct pu_options *opts, uid_t uid, struct pu_session *session,
                      struct pu_failure *why);
 
 /* scope=user: joins the running namespace of user UID if there is one, otherwise starts it as
- * pu_session_start does, with PID 1 accepting the user's later sessions. Safe against two logins
- * at once (one namespace, never two) and against stale records, reused PIDs and dead PID 1s. */
+ * pu_session_start does, with PID 1 accepting up to max_sessions of the user's sessions. Safe
+ * against two logins at once (one namespace, never two) and against stale records, reused PIDs
+ * and dead PID 1s. */
 int pu_session_start_user(const struct pu_options *opts, uid_t uid, struct pu_session *session,
                           struct pu_failure *why);
 

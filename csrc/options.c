@@ -11,6 +11,7 @@ void pu_options_init(struct pu_options *opts)
     opts->propagation = PU_PROPAGATION_SLAVE;
     opts->on_logout = PU_ON_LOGOUT_LINGER;
     opts->scope = PU_SCOPE_SESSION;
+    opts->max_sessions = PU_DEFAULT_MAX_SESSIONS;
     opts->exempt_users = DEFAULT_EXEMPT_USERS;
     opts->exempt_groups = NULL;
     opts->only_groups = NULL;
@@ -83,6 +84,24 @@ static const char *pick(const struct choice *choices, const char *word, int *out
     return rejection;
 }
 
+/* A decimal count from 0 to MAX, digits only: no sign, no blanks, no other base. */
+static const char *parse_count(const char *text, int max, int *out)
+{
+    long value = 0;
+
+    if (*text == '\0')
+        return "max_sessions must be a number from 0 to 1024";
+    for (; *text; text++) {
+        if (*text < '0' || *text > '9')
+            return "max_sessions must be a number from 0 to 1024";
+        value = value * 10 + (*text - '0');
+        if (value > max)
+            return "max_sessions must be a number from 0 to 1024";
+    }
+    *out = (int)value;
+    return NULL;
+}
+
 /* Returns the value when ARG is "KEY=value", NULL otherwise. */
 static const char *value_of(const char *arg, const char *key)
 {
@@ -113,6 +132,8 @@ const char *pu_option_apply(struct pu_options *opts, const char *arg)
                     "on_logout must be linger or kill");
     if ((value = value_of(arg, "scope")))
         return pick(SCOPE_CHOICES, value, &opts->scope, "scope must be session or user");
+    if ((value = value_of(arg, "max_sessions")))
+        return parse_count(value, PU_MAX_SESSIONS_LIMIT, &opts->max_sessions);
     if ((value = value_of(arg, "exempt_users"))) {
         if ((why = check_list(value, 1)))
             return why;

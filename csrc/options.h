@@ -16,10 +16,15 @@ struct pu_options {
     int propagation;  /* enum pu_propagation */
     int on_logout;    /* enum pu_on_logout */
     int scope;        /* enum pu_scope */
+    int max_sessions; /* live sessions one user may hold; 0: no limit */
     const char *exempt_users;
     const char *exempt_groups;
     const char *only_groups;
 };
+
+/* max_sessions: the default, and the highest value (the init's table of joined sessions). */
+#define PU_DEFAULT_MAX_SESSIONS 256
+#define PU_MAX_SESSIONS_LIMIT 1024
 
 /* Longest user or group name a list may hold. */
 #define PU_NAME_MAX 256

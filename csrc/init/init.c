@@ -1,13 +1,14 @@
 /* The session's PID 1, built without libc so that it costs a few pages per session.
  *
- * The module starts it with:
+ * The module starts it with (the numbers and words are in protocol.h):
  *   fd 3  the read end of the lifeline; it reaches EOF when the session is closed or its caller
  *         died (the caller holds the only write end)
  *   fd 4  the ready pipe; one byte on it tells the module that PID 1 runs
  *   fd 5  with scope=user only: a listening unix socket; each later session of the user connects
  *         to it, and that connection is its lifeline
+ *   fd 7  a slot of the user's session quota, locked with flock: held as long as PID 1 lives
  *   argv[1] "linger" or "kill": what to do once no lifeline is left
- *   argv[2] "user" when fd 5 is there
+ *   argv[2] "user" when fd 5 is there, and argv[3] how many sessions may join at once
  *
  * Checklist, in the order it runs:
  *   1. name itself, refuse ptrace by the session's user, block every signal
@@ -15,10 +16,13 @@
  *      handler would need a restorer; a blocked, queued signal needs neither)
  *   3. say ready
  *   4. loop, blocked in poll(): reap every exited child; accept joining sessions and answer each
- *      with one byte, so a joiner knows it was counted before it enters; once no lifeline is
- *      left, exit at once ("kill") or when no live process is left in the namespace ("linger").
- *      Processes that are not our children (the caller's own children, whose parent lives
- *      outside) are watched through pidfds, so the exit is noticed without polling.
+ *      with one byte, so a joiner knows it was counted (or that the namespace is full) before it
+ *      enters; once no lifeline is left, exit at once ("kill") or when no live process is left in
+ *      the namespace ("linger"). Processes that are not our children (the caller's own children,
+ *      whose parent lives outside) are watched through pidfds, so the exit is noticed without
+ *      polling.
+ *   5. when the kernel refuses a resource (a descriptor for a joiner, a pidfd, /proc itself), wait
+ *      RETRY_MS in poll() and try again: never spin, and never take "cannot tell" for "empty".
  * Its exit makes the kernel kill whatever is left in the namespace. */
 
 #include <asm/unistd.h>
@@ -30,15 +34,20 @@
 #include <linux/types.h>
 #include <linux/wait.h>
 
-#define LIFELINE_FD 3
-#define READY_FD 4
-#define LISTEN_FD 5
-#define MAX_WATCHED 32
-/* Sessions of one user that can share a namespace at once; a joiner past this is refused and
- * its login fails rather than landing outside. */
-#define MAX_JOINED 1024
+#include "protocol.h"
+
+#define LIFELINE_FD PU_INIT_LIFELINE_FD
+#define READY_FD PU_INIT_READY_FD
+#define LISTEN_FD PU_INIT_LISTEN_FD
+#define MAX_WATCHED PU_INIT_MAX_WATCHED
+/* Sessions of one user that can share a namespace at once (argv[3], at most this); a joiner past
+ * the limit hears PU_INIT_FULL and its login fails rather than landing outside. */
+#define MAX_JOINED PU_INIT_MAX_JOINED
+/* How long to wait before trying again what the kernel refused for lack of resources. */
+#define RETRY_MS 200
 #define EAGAIN_ 11
 #define EINTR_ 4
+#define ESRCH_ 3
 
 struct linux_dirent64 {
     __u64 d_ino;
@@ -166,8 +175,10 @@ static void close_all(int *fds, int count)
 /* Counts the live processes in this PID namespace other than ourselves and watches up to
  * MAX_WATCHED of them through pidfds (stored in WATCHED, count in *N_WATCHED). A process that
  * has exited but not yet been reaped by its parent outside the namespace is not live: its pidfd
- * is readable at once. Returns -1 when /proc cannot be read. */
-static long scan_namespace(int *watched, int *n_watched)
+ * is readable at once. A process whose pidfd the kernel refuses (EMFILE, ENOMEM) is live and
+ * sets *UNSURE: only a fresh scan can tell when it is gone. Returns -1 when /proc cannot be
+ * read. */
+static long scan_namespace(int *watched, int *n_watched, int *unsure)
 {
     char buf[4096] __attribute__((aligned(8)));
     long live = 0;
@@ -187,8 +198,13 @@ static long scan_namespace(int *watched, int *n_watched)
             if (pid <= 1)
                 continue;
             long pidfd = sys2(__NR_pidfd_open, pid, 0);
-            if (pidfd < 0)
+            if (pidfd == -ESRCH_)
+                continue; /* gone since the directory was read */
+            if (pidfd < 0) {
+                live++;
+                *unsure = 1;
                 continue;
+            }
             struct pollfd probe = {.fd = (int)pidfd, .events = POLLIN};
             if (sys3(__NR_poll, &probe, 1, 0) == 0) {
                 live++;
@@ -206,16 +222,29 @@ static long scan_namespace(int *watched, int *n_watched)
 
 static int joined[MAX_JOINED];
 static int n_joined;
+static int max_joined = MAX_JOINED;
 
 /* Takes every pending joiner: each is counted (its connection is a lifeline) before it hears the
- * byte that lets it enter. */
-static void accept_joiners(void)
+ * byte that lets it enter; past the limit (max_sessions, the first session included while its
+ * lifeline is open) it hears that the namespace is full. Returns 0 when
+ * the queue is empty, -1 when the kernel refused a descriptor and the rest must wait. */
+static int accept_joiners(int lifeline_open)
 {
     for (;;) {
         long fd = sys4(__NR_accept4, LISTEN_FD, 0, 0, SOCK_NONBLOCK_ | SOCK_CLOEXEC_);
+        if (fd == -EAGAIN_)
+            return 0;
+        if (fd == -EINTR_)
+            continue;
         if (fd < 0)
-            return;
-        if (n_joined == MAX_JOINED || sys3(__NR_write, fd, "J", 1) != 1) {
+            return -1; /* EMFILE, ENFILE, ENOMEM, ENOBUFS: the joiner stays queued */
+        /* The session that started the namespace holds the lifeline and counts too. */
+        if (n_joined + lifeline_open >= max_joined) {
+            sys3(__NR_write, fd, (char[]){PU_INIT_FULL}, 1);
+            sys1(__NR_close, fd);
+            continue;
+        }
+        if (sys3(__NR_write, fd, (char[]){PU_INIT_JOINED}, 1) != 1) {
             sys1(__NR_close, fd);
             continue;
         }
@@ -249,8 +278,8 @@ long init_main(long *stack)
 {
     long argc = stack[0];
     char **argv = (char **)(stack + 1);
-    int linger = !(argc > 1 && same_text(argv[1], "kill"));
-    int listening = argc > 2 && same_text(argv[2], "user");
+    int linger = !(argc > 1 && same_text(argv[1], PU_INIT_KILL));
+    int listening = argc > 2 && same_text(argv[2], PU_INIT_USER);
     int lifeline_open = 1;
     unsigned long all_signals = ~0UL;
     unsigned long sigchld = 1UL << (SIGCHLD - 1);
@@ -259,25 +288,33 @@ long init_main(long *stack)
     int n_watched = 0;
     static struct pollfd fds[3 + MAX_WATCHED + MAX_JOINED];
 
-    sys2(__NR_prctl, PR_SET_NAME, "pam_unshare");
+    if (listening && argc > 3) {
+        long limit = pid_of_name(argv[3]);
+        if (limit > 0 && limit <= MAX_JOINED)
+            max_joined = (int)limit; /* sessions in all: the first and the joiners */
+    }
+    sys2(__NR_prctl, PR_SET_NAME, PU_INIT_COMM);
     /* Root-owned and not dumpable: the session's user can neither ptrace nor read us. */
     sys2(__NR_prctl, PR_SET_DUMPABLE, 0);
     sys4(__NR_rt_sigprocmask, SIG_SETMASK, &all_signals, 0, sizeof all_signals);
     long sigfd = sys4(__NR_signalfd4, -1, &sigchld, sizeof sigchld, O_NONBLOCK | O_CLOEXEC);
     if (sigfd < 0)
         exit_now(1);
-    if (sys3(__NR_write, READY_FD, "R", 1) != 1)
+    if (sys3(__NR_write, READY_FD, (char[]){PU_INIT_READY}, 1) != 1)
         exit_now(1);
     sys1(__NR_close, READY_FD);
 
     for (;;) {
         int nfds = 0;
         int first_joined;
+        /* Set when something must be tried again later: poll then wakes after RETRY_MS. */
+        int retry = 0;
+        int backlog_waits = 0;
 
         drain((int)sigfd, buf, sizeof buf);
         reap_children();
-        if (listening)
-            accept_joiners();
+        if (listening && accept_joiners(lifeline_open) < 0)
+            backlog_waits = retry = 1;
         close_all(watched, n_watched);
         n_watched = 0;
         if (!lifeline_open && n_joined == 0) {
@@ -285,35 +322,43 @@ long init_main(long *stack)
                 exit_now(0);
             /* Two empty scans in a row: a process forked while the first scan was reading the
              * directory may have been listed before the scan reached its slot. */
-            long live = scan_namespace(watched, &n_watched);
+            int unsure = 0;
+            long live = scan_namespace(watched, &n_watched, &unsure);
             if (live == 0) {
-                live = scan_namespace(watched, &n_watched);
+                live = scan_namespace(watched, &n_watched, &unsure);
                 if (live == 0) {
-                    /* A joiner that connected meanwhile keeps the namespace alive. */
-                    if (listening)
-                        accept_joiners();
-                    if (n_joined == 0)
+                    /* A joiner that connected meanwhile keeps the namespace alive, and so does
+                     * one still queued because the kernel refused its descriptor. */
+                    if (listening && accept_joiners(lifeline_open) < 0)
+                        backlog_waits = retry = 1;
+                    if (n_joined == 0 && !backlog_waits)
                         exit_now(0);
-                    continue;
+                    if (n_joined > 0)
+                        continue;
                 }
             }
-            if (live < 0)
-                exit_now(2);
+            /* /proc unreadable or a pidfd refused: whether the namespace is empty cannot be
+             * told now, and leaving would kill whatever lingers. */
+            if (live < 0 || unsure)
+                retry = 1;
         }
         fds[nfds++] = (struct pollfd){.fd = (int)sigfd, .events = POLLIN};
+        int lifeline_slot = nfds;
         if (lifeline_open)
             fds[nfds++] = (struct pollfd){.fd = LIFELINE_FD, .events = POLLIN};
-        if (listening)
+        /* A queued joiner we could not take keeps the socket readable: leave it out until the
+         * retry, or poll would return at once, forever. */
+        if (listening && !backlog_waits)
             fds[nfds++] = (struct pollfd){.fd = LISTEN_FD, .events = POLLIN};
         for (int i = 0; i < n_watched; i++)
             fds[nfds++] = (struct pollfd){.fd = watched[i], .events = POLLIN};
         first_joined = nfds;
         for (int i = 0; i < n_joined; i++)
             fds[nfds++] = (struct pollfd){.fd = joined[i], .events = POLLIN};
-        long ready = sys3(__NR_poll, fds, nfds, -1);
+        long ready = sys3(__NR_poll, fds, nfds, retry ? RETRY_MS : -1);
         if (ready < 0 && ready != -EINTR_)
             exit_now(3);
-        if (lifeline_open && fds[1].revents) {
+        if (lifeline_open && fds[lifeline_slot].revents) {
             long n = sys3(__NR_read, LIFELINE_FD, buf, sizeof buf);
             if (n == 0 || (n < 0 && n != -EAGAIN_ && n != -EINTR_)) {
                 lifeline_open = 0;
