@@ -21,6 +21,7 @@ ffibuilder.cdef(
         int propagation;
         int on_logout;
         int scope;
+        int max_sessions;
         const char *exempt_users;
         const char *exempt_groups;
         const char *only_groups;

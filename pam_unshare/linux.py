@@ -17,6 +17,8 @@ MS_SLAVE = 1 << 19
 MS_SHARED = 1 << 20
 # ioctl on a namespace file: a descriptor for the parent PID namespace (linux/nsfs.h).
 NS_GET_PARENT = 0xB702
+# ioctl on a namespace file: a descriptor for the user namespace that owns it.
+NS_GET_USERNS = 0xB701
 
 _libc = ctypes.CDLL(None, use_errno=True)
 

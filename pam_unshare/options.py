@@ -22,6 +22,7 @@ class Options:
     propagation: str
     on_logout: str
     scope: str
+    max_sessions: int  # 0: no limit
     exempt_users: Tuple[str, ...] | None
     exempt_groups: Tuple[str, ...] | None
     only_groups: Tuple[str, ...] | None
@@ -60,6 +61,7 @@ def parse(arguments: Sequence[str]) -> Tuple[Options, Tuple[Rejection, ...]]:
         propagation=_PROPAGATION[opts.propagation],
         on_logout=_ON_LOGOUT[opts.on_logout],
         scope=_SCOPE[opts.scope],
+        max_sessions=int(opts.max_sessions),
         exempt_users=_names(opts.exempt_users),
         exempt_groups=_names(opts.exempt_groups),
         only_groups=_names(opts.only_groups),

@@ -10,6 +10,20 @@ from pam_unshare import pamd
 from pam_unshare.services import Change
 from pam_unshare.sessions import Member, Session
 
+_ESCAPES = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def printable(text: str) -> str:
+    """TEXT with every character a terminal could act on (escape sequences, newlines, bidi
+    controls) written as a backslash escape: command lines and names are chosen by users, and
+    must never reach an administrator's terminal as anything but text."""
+    return "".join(
+        _ESCAPES.get(char) or (char if char.isprintable() else
+                               f"\\x{ord(char):02x}" if ord(char) < 0x100 else
+                               f"\\u{ord(char):04x}" if ord(char) < 0x10000 else
+                               f"\\U{ord(char):08x}")
+        for char in text)
+
 
 def diff(change: Change) -> str:
     """A unified diff of the change, as `diff -u` writes it (a patch(1) can apply it)."""
@@ -33,17 +47,18 @@ def _when(unix: float) -> str:
 
 def sessions_table(sessions: List[Session]) -> str:
     rows = [("ID", "PID", "USER", "SERVICE", "STARTED", "PROCS", "SCOPE", "LOGINS")]
-    rows += [(str(s.id), str(s.pid), s.user, s.service, _when(s.started), str(len(s.members)),
-              s.scope, ",".join(str(login.pid) for login in s.logins) or "-")
+    rows += [(str(s.id), str(s.pid), printable(s.user), s.service, _when(s.started),
+              str(len(s.members)), s.scope,
+              ",".join(str(login.pid) for login in s.logins) or "-")
              for s in sessions]
     return table(rows)
 
 
 def session_tree(session: Session) -> str:
     """The session's processes as a tree: host PID, [PID inside the session], user, command."""
-    caller = (f"caller {session.caller.pid} {session.caller.args}" if session.caller
+    caller = (f"caller {session.caller.pid} {printable(session.caller.args)}" if session.caller
               else "caller gone")
-    lines = [f"session {session.id} (PID {session.pid}): {session.user} via "
+    lines = [f"session {session.id} (PID {session.pid}): {printable(session.user)} via "
              f"{session.service}, started {_when(session.started)}, "
              f"{len(session.members)} processes, {caller}"]
     pids = {m.process.pid for m in session.members}
@@ -57,7 +72,7 @@ def session_tree(session: Session) -> str:
 
     def walk(member: Member, prefix: str, connector: str, below: str) -> None:
         lines.append(f"{prefix}{connector}{member.process.pid} [{member.session_pid}] "
-                     f"{member.user}: {member.process.args}")
+                     f"{printable(member.user)}: {printable(member.process.args)}")
         kids = children.get(member.process.pid, [])
         for index, kid in enumerate(kids):
             last = index == len(kids) - 1

@@ -2,8 +2,11 @@
 reads /proc/PID.
 
 A session's PID 1 is the module's init: comm "pam_unshare", command line
-"pam_unshare-init linger|kill", PID 1 of a nested PID namespace (the last NSpid field is 1). Its
-processes are those of that namespace and of namespaces nested in it. The service is recorded
+"pam_unshare-init linger|kill", PID 1 of a nested PID namespace (the last NSpid field is 1). Any
+user can fake all of that in a user namespace of their own (`unshare -Urpfm`, `exec -a`), so what
+decides is what only root can make: real, effective, saved and filesystem uid 0 in the host's user
+namespace, and PID and mount namespaces owned by the host's user namespace. Its processes are
+those of that namespace and of namespaces nested in it. The service is recorded
 nowhere: it is guessed from the init's parent, the process that opened the session (su, sudo,
 "sshd: alice [priv]"), and is "unknown" once that has gone.
 """
@@ -13,6 +16,7 @@ from __future__ import annotations
 import fcntl
 import os
 import pwd
+import shutil
 import signal
 import time
 from dataclasses import dataclass
@@ -40,16 +44,25 @@ class Process:
     argv: Tuple[str, ...]
     nspid: Tuple[int, ...]  # its PID in each namespace, from the host's down to its own
     namespace: int | None  # inode of /proc/PID/ns/pid (None: not readable)
+    uids: Tuple[int, ...] = ()  # real, effective, saved, filesystem, as the host sees them
 
     @property
     def args(self) -> str:
         return " ".join(self.argv) if self.argv else f"[{self.comm}]"
 
     @property
-    def is_session_init(self) -> bool:
+    def looks_like_session_init(self) -> bool:
+        """What the process says of itself: any user can say the same (see is_session_init)."""
         return (self.comm == INIT_COMM and bool(self.argv) and self.argv[0] == INIT_ARGV0
                 and len(self.nspid) > 1 and self.nspid[-1] == 1
                 and self.state not in ("Z", "X"))
+
+    @property
+    def is_session_init(self) -> bool:
+        """A session's PID 1, proven by what only root can make: all its uids 0, and it, its PID
+        namespace and its mount namespace in or owned by the host's user namespace."""
+        return (self.looks_like_session_init and len(self.uids) == 4
+                and all(uid == 0 for uid in self.uids) and _made_by_host_root(self.pid))
 
 
 @dataclass(frozen=True)
@@ -120,10 +133,11 @@ def read_process(pid: int) -> Process | None:
     # comm may hold blanks and parentheses: it ends at the last ")".
     comm = stat[stat.index("(") + 1:stat.rindex(")")]
     fields = stat[stat.rindex(")") + 2:].split()  # fields[0] is field 3 of proc(5)
-    uid, nspid = -1, (pid,)
+    uid, nspid, uids = -1, (pid,), ()
     for line in status.splitlines():
         if line.startswith("Uid:"):
-            uid = int(line.split()[1])
+            uids = tuple(int(value) for value in line.split()[1:5])
+            uid = uids[0]
         elif line.startswith("NSpid:"):
             nspid = tuple(int(value) for value in line.split()[1:])
     try:
@@ -134,7 +148,7 @@ def read_process(pid: int) -> Process | None:
     argv = tuple(arg.decode(errors="replace") for arg in raw_argv.split(b"\0")[:-1])
     return Process(pid=pid, ppid=int(fields[1]), uid=uid, state=fields[0],
                    start=int(fields[19]), comm=comm, argv=argv, nspid=nspid,
-                   namespace=namespace)
+                   namespace=namespace, uids=uids)
 
 
 def processes() -> List[Process]:
@@ -177,6 +191,41 @@ def _nested_in(process: Process, namespace: int, levels: int) -> bool:
         return False
     finally:
         os.close(fd)
+
+
+def _host_user_namespace() -> int:
+    """The user namespace this (root) process runs in: the host's."""
+    return os.stat("/proc/self/ns/user").st_ino
+
+
+def _owner_of(path: str) -> int | None:
+    """The inode of the user namespace that owns the namespace file PATH, or None."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        owner = fcntl.ioctl(fd, linux.NS_GET_USERNS)
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    try:
+        return os.fstat(owner).st_ino
+    finally:
+        os.close(owner)
+
+
+def _made_by_host_root(pid: int) -> bool:
+    """Whether PID lives in the host's user namespace and its PID and mount namespaces are owned
+    by it: true of every session init, false of anything a user built with `unshare -U`."""
+    host = _host_user_namespace()
+    try:
+        own = os.stat(f"/proc/{pid}/ns/user").st_ino
+    except OSError:
+        return False
+    return (own == host and _owner_of(f"/proc/{pid}/ns/pid") == host
+            and _owner_of(f"/proc/{pid}/ns/mnt") == host)
 
 
 def _guess_service(caller: Process | None) -> str:
@@ -285,21 +334,53 @@ def find(sessions: List[Session], key: str) -> Session:
     raise Refused(f"no live session has id or PID {key} (see pam-unshare sessions)")
 
 
+def _open_program(name: str) -> int:
+    """NAME found on PATH and opened here, in the host's mount namespace: what runs inside the
+    session is never a path resolved there."""
+    path = shutil.which(name)
+    if path is None:
+        raise Failed(f"cannot run {name}: not found on PATH")
+    try:
+        return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as error:
+        raise Failed(f"cannot run {name}: {error.strerror}") from None
+
+
 def enter(session: Session, argv: Sequence[str]) -> int:
     """Runs ARGV in SESSION's PID and mount namespaces (where ps shows that session's view) and
     returns its exit status. The session's PID 1 is pinned through a pidfd, so a recycled PID
-    can never lead into somebody else's namespaces."""
+    can never lead into somebody else's namespaces, and checked again through it: a process that
+    only looks like a session init (a user's own namespace) is refused."""
+    program = _open_program(argv[0])
+    try:
+        _join(session)
+        return _run(program, argv)
+    finally:
+        os.close(program)
+
+
+def _join(session: Session) -> None:
     try:
         pidfd = os.pidfd_open(session.pid)
     except ProcessLookupError:
         raise Failed(f"session {session.id} has ended") from None
     try:
         now = read_process(session.pid)
-        if now is None or now.start != session.init.start or not now.is_session_init:
+        if now is None or now.start != session.init.start or not now.looks_like_session_init:
             raise Failed(f"session {session.id} has ended")
+        if not now.is_session_init:
+            raise Refused(f"PID {session.pid} is not a session of pam_unshare: it is not root's, "
+                          f"or its namespaces belong to a user namespace of a user; not entering")
+        # Alive after the checks, so /proc/PID that they read was this very process.
+        signal.pidfd_send_signal(pidfd, 0)
         linux.setns(pidfd, linux.CLONE_NEWPID | linux.CLONE_NEWNS)
+    except ProcessLookupError:
+        raise Failed(f"session {session.id} has ended") from None
     finally:
         os.close(pidfd)
+
+
+def _run(program: int, argv: Sequence[str]) -> int:
     # Like system(3): the child gets the terminal's signals, we wait.
     previous = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT,
                                                                    signal.SIGQUIT)}
@@ -309,7 +390,9 @@ def enter(session: Session, argv: Sequence[str]) -> int:
             for sig, handler in previous.items():
                 signal.signal(sig, signal.SIG_IGN if handler == signal.SIG_IGN
                               else signal.SIG_DFL)
-            os.execvp(argv[0], list(argv))
+            # Scripts need their descriptor after exec (the interpreter opens /dev/fd/N).
+            os.set_inheritable(program, True)
+            os.execve(program, list(argv), os.environ)
         except OSError as error:
             os.write(2, f"pam-unshare: cannot run {argv[0]}: {error.strerror}\n".encode())
         finally:

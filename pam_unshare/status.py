@@ -51,7 +51,8 @@ def _enabled(tree: PamTree) -> List[Dict[str, object]]:
             "rejected": [f"{r.argument}: {r.reason}" for r in rejections],
             "effective": {
                 "onerr": parsed.onerr, "propagation": parsed.propagation,
-                "on_logout": parsed.on_logout, "debug": parsed.debug,
+                "on_logout": parsed.on_logout, "scope": parsed.scope,
+                "max_sessions": parsed.max_sessions, "debug": parsed.debug,
                 "exempt_users": None if parsed.exempt_users is None
                 else list(parsed.exempt_users),
                 "exempt_groups": None if parsed.exempt_groups is None

@@ -219,7 +219,7 @@ def test_every_logged_step_has_a_fault():
     logged = set(re.findall(r'fail\(why, "([^"]+)"', text))
     logged |= set(re.findall(r'\[STEP_[A-Z_]+\] = "([^"]+)"', text))
     logged |= set(re.findall(r'\(struct pu_failure\)\{"([^"]+)"', text))
-    logged |= set(re.findall(r'why->step = "([^"]+)"', text))
+    logged |= set(re.findall(r'pu_failure_of\("([^"]+)"', text))
     assert len(logged) > 30, logged
     covered = {step.step for step in STEPS}
     assert sorted(logged - covered) == []

@@ -65,7 +65,10 @@ def blocked_session(entry: Entry, user: str) -> Iterator[BlockedSession]:
 
 
 # What PID 1 may hold: its lifeline (a pipe), its signalfd, pidfds of watched processes.
-ALLOWED_FD = re.compile(r"pipe:\[(\d+)\]|anon_inode:\[(signalfd|pidfd)\]|pidfd:.*")
+# Besides pipes and its signalfd and pidfds, the user's session quota (max_sessions), whose lock
+# it holds for as long as it lives.
+ALLOWED_FD = re.compile(r"pipe:\[(\d+)\]|anon_inode:\[(signalfd|pidfd)\]|pidfd:.*"
+                        r"|/run/pam_unshare/user-\d+\.sessions")
 
 
 @pytest.mark.parametrize("entry_name", ENTRY_NAMES)

@@ -1,0 +1,248 @@
+"""Attacks by an ordinary local user on the module through their own logins (issue 14, items 2,
+3, 4, 5 and 8): their rlimits, their working directory, group names that do not resolve, their
+real uid on the session init, and long NSS entries. Each runs through real su or sudo.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+from conftest import require_tools
+
+from hardening.attacker import (
+    as_user,
+    inits_of,
+    release,
+    run_as,
+    su_for_users,
+    sudo_rule,
+    wait_for,
+)
+
+PID1_COMM = "cat /proc/1/comm"
+
+
+def module_errors(pam_sandbox, mark: int) -> list[str]:
+    return [line for line in pam_sandbox.syslog.lines(mark) if "pam_unshare(" in line]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _tools() -> None:
+    require_tools("setpriv", "su", "sudo", "prlimit")
+
+
+# ---- item 2: a user-chosen rlimit must never decide whether isolation happens -------------------
+
+# Without CAP_SYS_RESOURCE (this machine's bounding set lacks it, as do many containers) root
+# cannot raise a hard limit the user lowered: then the session is refused, whatever onerr says.
+# With it, the init sets its own limits and the session is namespaced. Never is it un-namespaced.
+USERS_OWN_LIMITS = "refusing the session (the user's own limits: onerr does not apply)"
+
+
+@pytest.mark.parametrize("limit", ["-n 13", "-n 10", "-n 16", "-n 20", "-f 0", "-f 1"])
+def test_a_users_rlimit_does_not_leave_the_session_un_namespaced(pam_sandbox, users, limit):
+    uid = pam_sandbox.uids[users.alice]
+    mark = pam_sandbox.syslog.mark()
+    with pam_sandbox.options("onerr=succeed"), su_for_users(pam_sandbox):
+        result = run_as(uid, f"ulimit {limit}; su {users.alice} -c {shlex.quote(PID1_COMM)}")
+    errors = module_errors(pam_sandbox, mark)
+    if result.stdout.strip() == "pam_unshare":
+        assert result.returncode == 0 and errors == [], errors
+        return
+    assert result.returncode != 0 and result.stdout == "", (
+        f"ulimit {limit}: the session ran without a namespace: {result.stdout!r} "
+        f"{result.stderr!r} {errors}")
+    assert len(errors) == 1 and USERS_OWN_LIMITS in errors[0], errors
+
+
+def test_limits_that_leave_room_are_namespaced_here(pam_sandbox, users):
+    """The refusal above is no blanket one: limits the module can work within are namespaced
+    even where root cannot raise them."""
+    uid = pam_sandbox.uids[users.alice]
+    with pam_sandbox.options("onerr=succeed"), su_for_users(pam_sandbox):
+        result = run_as(uid, f"ulimit -n 20; ulimit -f 100; su {users.alice} -c "
+                             f"{shlex.quote(PID1_COMM)}")
+    assert result.stdout.strip() == "pam_unshare", result.stderr
+
+
+# ---- item 3: the working directory race --------------------------------------------------------
+
+RENAME_EXCHANGE = 2
+
+RACER = r"""
+import ctypes, os, sys, time
+libc = ctypes.CDLL(None, use_errno=True)
+end = time.monotonic() + float(sys.argv[1])
+swaps = 0
+while time.monotonic() < end:
+    if libc.renameat2(-100, b"d", -100, b"s", 2) == 0:
+        swaps += 1
+print(swaps)
+"""
+
+
+@pytest.fixture
+def race_arena(pam_sandbox, users) -> Iterator[Path]:
+    """pu_alice's directory with a subdirectory d and a symlink s to a world-readable directory
+    inside pu_bob's 0700 home, which alice cannot reach."""
+    alice, bob = pam_sandbox.uids[users.alice], pam_sandbox.uids[users.bob]
+    root = Path(tempfile.mkdtemp(prefix="pu-cwd-race-"))
+    os.chmod(root, 0o755)
+    home = root / "bob-home"
+    inner = home / "inner"
+    inner.mkdir(parents=True)
+    (inner / "secret").write_text("bob-secret\n")
+    os.chmod(inner / "secret", 0o644)
+    os.chmod(inner, 0o755)
+    os.chmod(home, 0o700)
+    for path in (home, inner, inner / "secret"):
+        os.chown(path, bob, bob)
+    arena = root / "arena"
+    (arena / "d").mkdir(parents=True)
+    (arena / "s").symlink_to(inner)
+    for path in (arena, arena / "d"):
+        os.chown(path, alice, alice)
+    os.lchown(arena / "s", alice, alice)
+    try:
+        yield arena
+    finally:
+        subprocess.run(["rm", "-rf", str(root)], check=True)
+
+
+def test_a_swapped_working_directory_never_leads_into_another_users_home(
+        pam_sandbox, users, race_arena):
+    uid = pam_sandbox.uids[users.alice]
+    rounds = 150
+    assert run_as(uid, f"cat {race_arena.parent}/bob-home/inner/secret").returncode != 0
+    logins = (f"cd {race_arena}/d && for i in $(seq {rounds}); do "
+              f"su {users.alice} -c 'cat secret 2>/dev/null; true'; done")
+    with su_for_users(pam_sandbox):
+        racer = subprocess.Popen(as_user(uid, f"cd {race_arena} && exec python3 -c "
+                                              f"{shlex.quote(RACER)} 600"),
+                                 stdout=subprocess.PIPE, text=True)
+        try:
+            result = run_as(uid, logins, timeout=600)
+        finally:
+            racer.send_signal(signal.SIGKILL)
+            racer.wait()
+    leaked = result.stdout.count("bob-secret")
+    assert result.returncode == 0, result.stderr
+    assert leaked == 0, f"{leaked} of {rounds} su sessions started inside pu_bob's 0700 home"
+
+
+def test_the_working_directory_is_kept_when_nobody_swaps_it(pam_sandbox, users, race_arena):
+    uid = pam_sandbox.uids[users.alice]
+    with su_for_users(pam_sandbox):
+        result = run_as(uid, f"cd {race_arena}/d && su {users.alice} -c pwd")
+    assert result.stdout.strip() == f"{race_arena}/d", result.stderr
+
+
+# ---- item 4: an unresolvable group in only_groups ------------------------------------------------
+
+def test_an_unknown_only_group_refuses_the_session_under_onerr_fail(pam_sandbox, users):
+    mark = pam_sandbox.syslog.mark()
+    with pam_sandbox.options("only_groups=pu_no_such_group"):
+        result = subprocess.run(["su", users.alice, "-c", PID1_COMM], capture_output=True,
+                                text=True, timeout=60)
+    assert result.returncode != 0 and "pam_unshare" not in result.stdout, (
+        f"an unresolvable only_groups exempted the user: {result.stdout!r}")
+    errors = module_errors(pam_sandbox, mark)
+    assert any("looking up a group named in only_groups (no such group) failed for user "
+               f"{users.alice}: No such file or directory; refusing the session" in line
+               for line in errors), errors
+
+
+def test_an_unknown_only_group_is_logged_under_onerr_succeed(pam_sandbox, users):
+    mark = pam_sandbox.syslog.mark()
+    with pam_sandbox.options("only_groups=pu_no_such_group", "onerr=succeed"):
+        result = subprocess.run(["su", users.alice, "-c", PID1_COMM], capture_output=True,
+                                text=True, timeout=60)
+    assert result.returncode == 0
+    errors = module_errors(pam_sandbox, mark)
+    assert any("only_groups (no such group)" in line and "onerr=succeed" in line
+               for line in errors), errors
+
+
+def test_an_unknown_exempt_group_exempts_nobody(pam_sandbox, users):
+    with pam_sandbox.options("exempt_groups=pu_no_such_group"):
+        result = subprocess.run(["su", users.alice, "-c", PID1_COMM], capture_output=True,
+                                text=True, timeout=60)
+    assert result.stdout.strip() == "pam_unshare", result.stderr
+
+
+def test_a_known_only_group_still_selects(pam_sandbox, users):
+    with pam_sandbox.options(f"only_groups={users.only_group}"):
+        member = subprocess.run(["su", users.dave, "-c", PID1_COMM], capture_output=True,
+                                text=True, timeout=60)
+        other = subprocess.run(["su", users.alice, "-c", PID1_COMM], capture_output=True,
+                               text=True, timeout=60)
+    assert member.stdout.strip() == "pam_unshare"
+    assert other.returncode == 0 and other.stdout.strip() != "pam_unshare"
+
+
+# ---- item 5: the session init's real uid ---------------------------------------------------
+
+@pytest.mark.parametrize("caller", ["sudo", "su"])
+def test_the_calling_user_cannot_signal_the_session_init(pam_sandbox, users, caller):
+    alice, bob = pam_sandbox.uids[users.alice], pam_sandbox.uids[users.bob]
+    login = (f"sudo -u {users.bob} -- sh -c 'echo READY; read _'" if caller == "sudo"
+             else f"su {users.bob} -c 'echo READY; read _'")
+    with sudo_rule(f"{users.alice} ALL=({users.bob}) NOPASSWD: ALL"), \
+            su_for_users(pam_sandbox):
+        held = subprocess.Popen(as_user(alice, login), stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        init = None
+        try:
+            assert held.stdout is not None
+            assert held.stdout.readline().strip() == "READY", held.stderr
+            init = wait_for(lambda: inits_of(bob), what="bob's session")[0].init
+            assert init.uids == (0, 0, 0, 0), f"the init runs with uids {init.uids}"
+            attempt = run_as(alice, f"kill -STOP {init.pid}; echo rc=$?")
+            state = Path(f"/proc/{init.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            assert "rc=1" in attempt.stdout and state != "T", (
+                f"{users.alice} stopped the init of the session she opened through {caller}: "
+                f"{attempt.stdout!r} {attempt.stderr!r}, state {state}")
+        finally:
+            if init is not None:
+                os.kill(init.pid, signal.SIGCONT)
+            release(held)
+
+
+# ---- item 8: long NSS entries --------------------------------------------------------------------
+
+@pytest.fixture
+def long_entry_user(pam_sandbox) -> Iterator[str]:
+    """A user whose passwd line (a long GECOS, as directories hand out) does not fit 4 KiB."""
+    name, uid = "pu_long", 62050
+    home = pam_sandbox.sandbox.add_user(name, uid)
+    text = Path("/etc/passwd").read_text()
+    line = next(line for line in text.splitlines() if line.startswith(f"{name}:"))
+    fields = line.split(":")
+    fields[4] = "x" * 6000
+    Path("/etc/passwd").write_text(text.replace(line, ":".join(fields)))
+    try:
+        yield name
+    finally:
+        kept = [line for line in Path("/etc/passwd").read_text().splitlines(keepends=True)
+                if not line.startswith(f"{name}:")]
+        Path("/etc/passwd").write_text("".join(kept))
+        subprocess.run(["rm", "-rf", str(home)], check=False)
+
+
+@pytest.mark.parametrize("options", [("scope=user",), ("exempt_groups=pu_exempt",), ()])
+def test_a_long_passwd_entry_is_namespaced_not_refused(pam_sandbox, long_entry_user,
+                                                       user_state_dir, options):
+    mark = pam_sandbox.syslog.mark()
+    with pam_sandbox.options(*options):
+        result = subprocess.run(["su", long_entry_user, "-c", PID1_COMM], capture_output=True,
+                                text=True, timeout=60)
+    assert result.stdout.strip() == "pam_unshare", (
+        f"{options}: {result.stdout!r} {result.stderr!r} "
+        f"{module_errors(pam_sandbox, mark)}")
