@@ -82,11 +82,15 @@ def _module_findings(tree: PamTree, name: str, rule: pamd.Rule,
                      cache: Dict[str, str | None]) -> List[Finding]:
     where = f"{tree.path(name)}:{rule.number}"
     found = []
-    _, rejections = options.parse(rule.args)
+    parsed, rejections = options.parse(rule.args)
     for rejection in rejections:
         found.append(Finding(True, where, f'option "{rejection.argument}": {rejection.reason} '
                              f"(the module ignores it and keeps its safe default)",
                              "options", name))
+    for group in options.unresolved_groups(parsed):
+        found.append(Finding(True, where, f'group "{group}" does not exist (in only_groups it '
+                             f"refuses every session under onerr=fail; in exempt_groups it "
+                             f"exempts nobody)", "options", name))
     resolved = system.resolve_module(rule.module)
     if resolved is None:
         reason = (f"{rule.module} cannot be found: no PAM module directory (no "

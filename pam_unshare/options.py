@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import grp
 from dataclasses import dataclass
 from typing import Sequence, Tuple
 
@@ -72,3 +73,17 @@ def parse(arguments: Sequence[str]) -> Tuple[Options, Tuple[Rejection, ...]]:
 def name_in_list(names: str, name: str) -> bool:
     """Whether NAME is an element of the comma-separated NAMES, as the module decides it."""
     return bool(lib.pu_name_in_list(names.encode(), name.encode()))
+
+
+def unresolved_groups(parsed: Options) -> Tuple[str, ...]:
+    """Group names in exempt_groups and only_groups that name no group on this host: at login
+    an unknown only_groups name refuses sessions (onerr), an unknown exempt_groups name exempts
+    nobody; either is almost surely a typo."""
+    names = (parsed.exempt_groups or ()) + (parsed.only_groups or ())
+    missing = []
+    for name in names:
+        try:
+            grp.getgrnam(name)
+        except KeyError:
+            missing.append(name)
+    return tuple(missing)

@@ -47,10 +47,15 @@ class Outcome:
 
 def validate_options(arguments: Sequence[str]) -> None:
     """Refuses any option the module's own parser rejects."""
-    _, rejections = options.parse(arguments)
+    parsed, rejections = options.parse(arguments)
     if rejections:
         text = "; ".join(f'"{r.argument}": {r.reason}' for r in rejections)
         raise Refused(f"invalid option {text}; nothing written")
+    missing = options.unresolved_groups(parsed)
+    if missing:
+        raise Refused(f"no group named {', '.join(missing)} on this host (only_groups would "
+                      f"refuse every session, exempt_groups would exempt nobody); nothing "
+                      f"written")
 
 
 def validate_module(module: str) -> None:

@@ -44,6 +44,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mount.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -112,6 +113,9 @@ REAL(int, poll, struct pollfd *, nfds_t, int)
 REAL(int, chdir, const char *)
 REAL(int, dup3, int, int, int)
 REAL(int, setgroups, size_t, const gid_t *)
+REAL(int, setresuid, uid_t, uid_t, uid_t)
+REAL(int, setresgid, gid_t, gid_t, gid_t)
+REAL(int, setrlimit, int, const struct rlimit *)
 REAL(int, socket, int, int, int)
 REAL(int, bind, int, const struct sockaddr *, socklen_t)
 REAL(int, listen, int, int)
@@ -502,6 +506,25 @@ int setgroups(size_t size, const gid_t *list)
 {
     FAIL_WITH("setgroups", 0, -1);
     return get_setgroups()(size, list);
+}
+
+int setresuid(uid_t r, uid_t e, uid_t s)
+{
+    FAIL_WITH("setresuid", 0, -1);
+    return get_setresuid()(r, e, s);
+}
+
+int setresgid(gid_t r, gid_t e, gid_t s)
+{
+    FAIL_WITH("setresgid", 0, -1);
+    return get_setresgid()(r, e, s);
+}
+
+/* The selector is the resource (RLIMIT_NOFILE is 7, RLIMIT_FSIZE 1). */
+int setrlimit(__rlimit_resource_t resource, const struct rlimit *limit)
+{
+    FAIL_WITH("setrlimit", resource, -1);
+    return get_setrlimit()(resource, limit);
 }
 
 int socket(int domain, int type, int protocol)

@@ -39,6 +39,8 @@ PR_SET_NO_NEW_PRIVS = 38
 PR_CAP_AMBIENT = 47
 F_DUPFD_CLOEXEC = 1030
 F_ADD_SEALS = 1033
+F_OFD_SETLK = 37
+RLIMIT_NOFILE = 7
 
 CSRC = Path(__file__).resolve().parent.parent.parent / "csrc"
 
@@ -89,6 +91,10 @@ STEPS: List[Step] = [
          errno_name="EOVERFLOW", options=("exempt_groups=pu_exempt",)),
     Step("group-lookup-group", "getgrnam_r:1:EIO",
          "looking up a group named in the options", options=("exempt_groups=pu_exempt",)),
+    Step("uid-lookup", "getpwnam_r:1:EIO", "looking up the user's uid"),
+    Step("quota-open", "openat:1:EMFILE", "opening the session quota of the user"),
+    Step("quota-slot", f"fcntl={F_OFD_SETLK}:1:ENOLCK",
+         "taking a slot of the user's session quota"),
     Step("lifeline-pipe", "pipe2:1:EMFILE", "creating the session lifeline pipe"),
     Step("ready-pipe", "pipe2:2:EMFILE", "creating the session ready pipe"),
     Step("clone3", "clone3:1:EPERM", "creating the PID and mount namespaces"),
@@ -96,6 +102,12 @@ STEPS: List[Step] = [
     Step("clone-fallback", "clone3:1:ENOSYS,clone:1:EPERM",
          "creating the PID and mount namespaces"),
     # ---- the clone child, before it execs the init
+    Step("identity", "setresgid:1:EPERM", "setting the session init's uid and gid to 0",
+         where="child"),
+    Step("identity-uid", "setresuid:1:EPERM", "setting the session init's uid and gid to 0",
+         where="child"),
+    Step("limits", f"setrlimit={RLIMIT_NOFILE}:1:EINVAL",
+         "setting the resource limits of the session init", where="child"),
     Step("propagation-mount", "mount:1:EPERM", "setting mount propagation of / in the session",
          where="child"),
     Step("proc-mount", "mount:2:EPERM", "mounting the session's /proc", where="child"),
@@ -108,8 +120,6 @@ STEPS: List[Step] = [
          where="child"),
     Step("chdir", "chdir:1:EACCES", "changing the session init's directory to /",
          where="child"),
-    Step("move-fds", f"fcntl={F_DUPFD_CLOEXEC}:1:EMFILE",
-         "passing descriptors to the session init", where="child"),
     Step("close-range", "close_range:1:EINVAL",
          "closing inherited descriptors in the session init", where="child"),
     Step("dup3", "dup3:1:EBADF", "passing descriptors to the session init", where="child"),
@@ -141,8 +151,7 @@ STEPS: List[Step] = [
     Step("close-kill", "pidfd_send_signal:1:EPERM", "killing the session init (pidfd_send_signal)",
          outcome=CLOSE, options=("on_logout=kill",)),
     # ---- scope=user: finding or making the user's namespace
-    Step("user-uid-lookup", "getpwnam_r:1:EIO", "looking up the user's uid for scope=user",
-         options=USER),
+    Step("user-uid-lookup", "getpwnam_r:1:EIO", "looking up the user's uid", options=USER),
     Step("user-state-dir-mkdir", "mkdir:1:EACCES", "creating /run/pam_unshare", options=USER),
     Step("user-state-dir-open", "open:1:EMFILE", "opening /run/pam_unshare", options=USER),
     Step("user-state-dir-check", "fstat:1:EIO", "checking that /run/pam_unshare is root-only",
@@ -358,7 +367,8 @@ def wait_for_lines(read: Callable[[], List[str]], predicate: Callable[[List[str]
 
 SELECTORS = {"prctl=24": "prctl(PR_CAPBSET_DROP)", "prctl=28": "prctl(PR_SET_SECUREBITS)",
              "prctl=38": "prctl(PR_SET_NO_NEW_PRIVS)", "prctl=47": "prctl(PR_CAP_AMBIENT)",
-             "fcntl=1030": "fcntl(F_DUPFD_CLOEXEC)", "fcntl=1033": "fcntl(F_ADD_SEALS)"}
+             "fcntl=1030": "fcntl(F_DUPFD_CLOEXEC)", "fcntl=1033": "fcntl(F_ADD_SEALS)",
+             "fcntl=37": "fcntl(F_OFD_SETLK)", "setrlimit=7": "setrlimit(RLIMIT_NOFILE)"}
 
 
 def describe(spec: str) -> str:

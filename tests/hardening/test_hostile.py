@@ -28,12 +28,12 @@ from isolation import hostprocs
 from hardening.conftest import FULL, figure
 from hardening.faults import (
     F_ADD_SEALS,
-    F_DUPFD_CLOEXEC,
     INIT_PROBE,
     PR_CAP_AMBIENT,
     PR_CAPBSET_DROP,
     PR_SET_NO_NEW_PRIVS,
     PR_SET_SECUREBITS,
+    RLIMIT_NOFILE,
     SessionInit,
     inits_in_output,
     inits_of,
@@ -237,8 +237,8 @@ CALLER_DEATHS = [
     ("chdir@caller:1", "right after joining"),
 ]
 CHILD_DEATHS = [
-    "mount:1", "mount:2", "memfd_create:1", "write:1", f"fcntl={F_ADD_SEALS}:1", "chdir:1",
-    f"fcntl={F_DUPFD_CLOEXEC}:1", "close_range:1", "dup3:1", "close_range:2", "setgroups:1",
+    "setresgid:1", f"setrlimit={RLIMIT_NOFILE}:1", "close_range:1", "mount:1", "mount:2",
+    "memfd_create:1", "write:1", f"fcntl={F_ADD_SEALS}:1", "chdir:1", "dup3:1", "setgroups:1",
     f"prctl={PR_SET_SECUREBITS}:1", f"prctl={PR_CAPBSET_DROP}:1", f"prctl={PR_CAP_AMBIENT}:1",
     f"prctl={PR_SET_NO_NEW_PRIVS}:1", "execveat:1",
 ]

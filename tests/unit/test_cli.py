@@ -82,12 +82,12 @@ def test_a_second_enable_changes_nothing(run, pam_dir):
 def test_changed_options_update_the_one_line(run, pam_dir, module_path):
     assert run("enable", "sshd", "-o", "debug")[0] == 0
     first = (pam_dir / "sshd").read_text().splitlines()
-    assert run("enable", "sshd", "-o", "onerr=succeed", "-o", "exempt_groups=admins")[0] == 0
+    assert run("enable", "sshd", "-o", "onerr=succeed", "-o", "exempt_groups=adm")[0] == 0
     second = (pam_dir / "sshd").read_text().splitlines()
     assert len(first) == len(second)
     changed = [(a, b) for a, b in zip(first, second) if a != b]
     assert changed == [(our_line(module_path, "debug"),
-                        our_line(module_path, "onerr=succeed", "exempt_groups=admins"))]
+                        our_line(module_path, "onerr=succeed", "exempt_groups=adm"))]
 
 
 def test_the_backup_holds_the_previous_version(run, pam_dir):
@@ -134,6 +134,10 @@ def test_disable_dry_run_writes_nothing(run, pam_dir):
     (["onerr=sometimes"], 'invalid option "onerr=sometimes": onerr must be fail or succeed'),
     (["debug", "exempt_users=al ice"], "invalid character in name list"),
     (["only_groups="], "empty list"),
+    # Names that resolve to no group: a typo in only_groups would refuse every session.
+    (["only_groups=pu_no_such_group"], "no group named pu_no_such_group on this host"),
+    (["exempt_groups=root,pu_no_such_group"], "no group named pu_no_such_group on this host"),
+    (["max_sessions=-1"], "max_sessions must be a number from 0 to 1024"),
 ])
 def test_an_invalid_option_is_refused_and_nothing_written(run, pam_dir, options, message):
     before = snapshot(pam_dir)

@@ -86,6 +86,13 @@ def test_check_without_any_line(run, pam_dir):
     assert (status, out) == (0, f"ok: no file in {pam_dir} uses pam_unshare.so\n")
 
 
+def test_check_reports_a_group_that_does_not_exist(run, pam_dir, module_path):
+    add_line(pam_dir / "sudo", f"session required {module_path} only_groups=pu_no_such_group")
+    status, out, _ = run("check", "--pam-dir", str(pam_dir))
+    assert status == 1
+    assert f"{pam_dir / 'sudo'}:9: group \"pu_no_such_group\" does not exist" in out, out
+
+
 def test_check_reports_one_line_per_problem(run, pam_dir, module_path, tmp_path):
     # A typo in an option, on a line of its own.
     add_line(pam_dir / "sudo", f"session required {module_path} onerr=sometimes")
