@@ -66,6 +66,9 @@ def validate_module(module: str) -> None:
         raise Refused(f"cannot tell where PAM loads {module} from (no PAM module directory "
                       f"found); pass --module /absolute/path/{pamd.MODULE_TOKEN}")
     problem = system.module_problem(resolved)
+    if problem and problem.unsafe:
+        raise Refused(f"refusing to use {resolved}: {problem}, and PAM would run whatever is "
+                      f"there as root in every login; nothing written")
     if problem:
         hint = "" if module.startswith("/") else " (run `pam-unshare install` first)"
         raise Refused(f"{problem}: every session would fail{hint}; nothing written")
