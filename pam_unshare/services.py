@@ -4,11 +4,10 @@ text, refuse a plan that could lock anyone out, then write (through pamd) under 
 
 from __future__ import annotations
 
-import contextlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterator, List, Sequence
+from typing import Dict, List, Sequence, Set
 
 from pam_unshare import audit, options, pamd, system
 from pam_unshare.errors import Failed, NeedsRoot, Refused
@@ -88,28 +87,19 @@ def _require_write(pam_dir: Path, command: str) -> None:
     raise Failed(f"{pam_dir} is not writable")
 
 
-def _load(tree: PamTree, service: str) -> str:
+def _load(directory: pamd.PamDir, service: str) -> pamd.Original:
     if not is_service_name(service):
         raise Refused(f'"{service}" is not a PAM service name; nothing written')
-    path = tree.path(service)
-    text = tree.text(service)
-    if text is None:
+    path = directory.path / service
+    original = directory.read(service)
+    if original is None:
         raise Refused(f"unknown service {service}: {path} does not exist; nothing written")
     try:
-        tree.parsed(service)
+        pamd.parse(original.text)
     except pamd.ParseError as error:
         raise Refused(f"{path} does not parse ({error}); refusing to edit it, nothing "
                       f"written") from None
-    return text
-
-
-@contextlib.contextmanager
-def _maybe_locked(pam_dir: Path, lock: bool) -> Iterator[None]:
-    if lock:
-        with pamd.locked(pam_dir):
-            yield
-    else:
-        yield
+    return original
 
 
 def _reached_through(tree: PamTree, service: str) -> str | None:
@@ -167,9 +157,10 @@ def enable(services: Sequence[str], arguments: Sequence[str] = (),
         _require_write(pam_dir, "enable")
     requested = list(dict.fromkeys(services))
     outcome = Outcome()
-    with _maybe_locked(pam_dir, not dry_run):
-        tree = PamTree(pam_dir)
-        before = {service: _load(tree, service) for service in requested}
+    with pamd.PamDir(pam_dir, lock=not dry_run) as directory:
+        originals = {service: _load(directory, service) for service in requested}
+        before = {service: originals[service].text for service in requested}
+        tree = PamTree(pam_dir, before)
         line = pamd.session_line(module, arguments)
         planned = {s: pamd.with_session_line(before[s], line) for s in requested}
         for service, text in planned.items():
@@ -186,7 +177,10 @@ def enable(services: Sequence[str], arguments: Sequence[str] = (),
                 outcome.notes.append(str(finding).replace("warning: ", "", 1))
         outcome.changes = [Change(s, tree.path(s), before[s], final[s]) for s in requested]
         if not dry_run:
-            _write(outcome)
+            # The backup keeps the version from before enable: a file that already has a line
+            # of ours (new options) keeps the backup it has.
+            _write(directory, outcome, originals,
+                   {s for s in requested if not pamd.parse(before[s]).ours()})
     return outcome
 
 
@@ -199,9 +193,10 @@ def disable(services: Sequence[str], pam_dir: Path = DEFAULT_PAM_DIR,
         _require_write(pam_dir, "disable")
     requested = list(dict.fromkeys(services))
     outcome = Outcome()
-    with _maybe_locked(pam_dir, not dry_run):
-        tree = PamTree(pam_dir)
-        before = {service: _load(tree, service) for service in requested}
+    with pamd.PamDir(pam_dir, lock=not dry_run) as directory:
+        originals = {service: _load(directory, service) for service in requested}
+        before = {service: originals[service].text for service in requested}
+        tree = PamTree(pam_dir, before)
         final = {s: pamd.without_session_line(before[s]) for s in requested}
         after = tree.with_overrides(final)
         was = {e.service for e in audit.enabled(tree)}
@@ -215,11 +210,15 @@ def disable(services: Sequence[str], pam_dir: Path = DEFAULT_PAM_DIR,
                                  f"includes a file you disabled)")
         outcome.changes = [Change(s, tree.path(s), before[s], final[s]) for s in requested]
         if not dry_run:
-            _write(outcome)
+            # No backup: the one enable saved is the version from before enable, and stays.
+            _write(directory, outcome, originals, set())
     return outcome
 
 
-def _write(outcome: Outcome) -> None:
-    for change in outcome.changes:
-        if change.changed:
-            outcome.backups[change.service] = pamd.write(change.path, change.after)
+def _write(directory: pamd.PamDir, outcome: Outcome, originals: Dict[str, pamd.Original],
+           backup: Set[str]) -> None:
+    """Every changed file, or none (pamd.PamDir.apply puts back what it wrote on a failure)."""
+    edits = [pamd.Edit(change.service, originals[change.service], change.after,
+                       change.service in backup)
+             for change in outcome.changes if change.changed]
+    outcome.backups.update(directory.apply(edits))
