@@ -350,10 +350,11 @@ class PamDir:
             raise Refused(f"{self.path / name} is a symbolic link (to {target}); pam-unshare "
                           f"edits only regular files in the PAM directory itself: edit the file "
                           f"it points to, or put a copy in its place; nothing written") from None
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            os.close(fd)
+            raise Refused(f"{self.path / name} is not a regular file; nothing written")
         with os.fdopen(fd, "rb") as handle:
-            info = os.fstat(handle.fileno())
-            if not stat.S_ISREG(info.st_mode):
-                raise Refused(f"{self.path / name} is not a regular file; nothing written")
             return Original(name, handle.read(), info)
 
     def _still(self, original: Original | None, name: str) -> Callable[[], None]:
@@ -435,9 +436,13 @@ class PamDir:
 
 
 def _why(error: Exception) -> str:
-    if isinstance(error, OSError):
-        return error.strerror or str(error)
-    return str(error)
+    if not isinstance(error, OSError):
+        return str(error)
+    text = error.strerror or str(error)
+    name = error.filename2 or error.filename
+    if isinstance(name, str) and not name.endswith(atomic.TEMP_SUFFIX):
+        text = f"{name}: {text}"
+    return text
 
 
 def write(path: Path, text: str, backup: bool = True) -> Path | None:

@@ -73,6 +73,24 @@ def validate_module(module: str) -> None:
         raise Refused(f"{problem}: every session would fail{hint}; nothing written")
 
 
+def require_namespaces(services: Sequence[str], arguments: Sequence[str]) -> str | None:
+    """Runs the kernel probe (root only: it creates the namespaces a session gets) and refuses
+    when they cannot be created and the line would say onerr=fail: every login through SERVICES
+    would fail, root's (exempt_users= or not) included. With onerr=succeed, returns a note."""
+    if os.geteuid() != 0:
+        return None  # the probe needs root; so does writing a live PAM directory
+    problems = system.kernel_support().problems()
+    if not problems:
+        return None
+    why = "; ".join(problems)
+    if options.parse(arguments)[0].onerr == "fail":
+        raise Refused(f"sessions cannot get their own PID and mount namespaces on this host "
+                      f"({why}): with onerr=fail every login through {', '.join(services)} "
+                      f"would fail, root's included; nothing written")
+    return (f"sessions cannot get their own PID and mount namespaces on this host ({why}): "
+            f"with onerr=succeed they will run without isolation")
+
+
 def _check_pam_dir(pam_dir: Path) -> None:
     if not pam_dir.is_dir():
         raise Refused(f"{pam_dir}: no such directory")
@@ -149,7 +167,9 @@ def enable(services: Sequence[str], arguments: Sequence[str] = (),
     """Adds `session required MODULE ARGUMENTS` to each service's file, after its other session
     lines and includes, or updates the line that is there. Refuses (errors.Refused, nothing
     written) an invalid option, an unknown service, a file that does not parse, a module PAM
-    could not load, or a change that puts our line before another session module of any stack."""
+    could not load or someone else controls, a host where sessions cannot get their namespaces
+    (with onerr=fail), or a change that puts our line before another session module of any
+    stack. Writes every file or none."""
     validate_options(arguments)
     validate_module(module)
     _check_pam_dir(pam_dir)
@@ -157,6 +177,9 @@ def enable(services: Sequence[str], arguments: Sequence[str] = (),
         _require_write(pam_dir, "enable")
     requested = list(dict.fromkeys(services))
     outcome = Outcome()
+    note = require_namespaces(requested, arguments)
+    if note:
+        outcome.notes.append(note)
     with pamd.PamDir(pam_dir, lock=not dry_run) as directory:
         originals = {service: _load(directory, service) for service in requested}
         before = {service: originals[service].text for service in requested}

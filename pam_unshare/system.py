@@ -131,6 +131,20 @@ class KernelSupport:
     root_propagation: str
     unshare: str  # "works", "fails: REASON" or "not tried: REASON"
 
+    def problems(self) -> List[str]:
+        """Why sessions could not get their own PID and mount namespaces here."""
+        found = []
+        if not self.release_ok:
+            found.append(f"kernel {self.release} is older than "
+                         f"{'.'.join(map(str, MIN_KERNEL))}")
+        if self.max_pid_namespaces is None:
+            found.append("/proc/sys/user/max_pid_namespaces cannot be read")
+        elif not self.max_pid_namespaces:
+            found.append("user.max_pid_namespaces is 0")
+        if self.unshare.startswith("fails"):
+            found.append(f"creating them {self.unshare}")
+        return found
+
     @property
     def ok(self) -> bool:
         return (self.release_ok and bool(self.max_pid_namespaces)
@@ -204,7 +218,7 @@ def _probe_child(report: int) -> int:
                                   code, b"the namespace's first process failed"))
         return code
     except OSError as error:
-        os.write(report, str(error).encode())
+        os.write(report, (error.strerror or str(error)).encode())
         return 2
 
 
