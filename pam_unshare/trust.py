@@ -4,7 +4,8 @@ PAM loads modules as root in every login, and root's tools read and rewrite PAM 
 only as safe as every directory on the way to it: whoever can write one of them can put another
 file (or a symlink) in its place. So a path is trusted when the file and every directory the
 kernel passes through to reach it, symlinks followed, are owned by root (or by the user running
-the command, who is root when it matters) and writable by nobody else. A directory writable by
+the command, who is root when it matters) and writable by nobody else; so must every symlink on
+the way. A directory writable by
 others is accepted only with the sticky bit and a root owner (/tmp): there, no one else can
 rename or remove what root owns.
 """
@@ -75,6 +76,10 @@ def problem(path: str, directory: bool = False) -> str | None:
         except OSError as error:
             return f"{candidate}: {error.strerror}"
         if stat.S_ISLNK(info.st_mode):
+            # Its mode means nothing, but its owner may remove and recreate it in a sticky
+            # directory such as /tmp.
+            if info.st_uid not in {0, os.geteuid()}:
+                return f"{candidate} is owned by {_user(info.st_uid)}, not root"
             links += 1
             if links > MAX_SYMLINKS:
                 return f"{path}: too many levels of symbolic links"

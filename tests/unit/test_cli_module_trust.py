@@ -128,6 +128,18 @@ def _through_a_symlink_in_a_directory_of_nobody(lib: Path, module: Path) -> str:
     return f"{lib} is owned by nobody (uid {NOBODY}), not root"
 
 
+def _a_users_symlink_in_a_sticky_directory(lib: Path, module: Path) -> str:
+    # Like /tmp: root's directory, writable by all, sticky. Whoever owns a link there may
+    # remove it and put another one in its place.
+    real = lib.parent / "real"
+    real.mkdir()
+    os.replace(module, real / "pam_unshare.so")
+    os.chmod(lib, 0o1777)
+    module.symlink_to(real / "pam_unshare.so")
+    os.lchown(module, NOBODY, NOBODY)
+    return f"{module} is owned by nobody (uid {NOBODY}), not root"
+
+
 def _writable_by_everyone(lib: Path, module: Path) -> str:
     os.chmod(module, 0o646)
     return f"{module} is writable by everyone"
@@ -136,6 +148,7 @@ def _writable_by_everyone(lib: Path, module: Path) -> str:
 @pytest.mark.parametrize("steer", [_owned_by_nobody, _in_a_directory_of_nobody,
                                    _in_a_group_writable_directory,
                                    _through_a_symlink_in_a_directory_of_nobody,
+                                   _a_users_symlink_in_a_sticky_directory,
                                    _writable_by_everyone])
 def test_a_module_someone_else_controls_is_refused_and_never_loaded(tmp_path, marker, steer):
     lib = tmp_path / "lib"
