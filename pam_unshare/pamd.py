@@ -425,14 +425,10 @@ class PamDir:
                 restored.append(name)
             except OSError as error:
                 stuck.append(f"{self.path / name} ({_why(error)})")
+        done = f"put back {', '.join(reversed(restored))} as before" if restored else ""
         if stuck:
-            return (f"could not put back {', '.join(stuck)}: compare it with its "
-                    f"{BACKUP_SUFFIX} copy" + (f"; put back {', '.join(reversed(restored))}"
-                                               if restored else ""))
-        if restored:
-            return (f"put back {', '.join(reversed(restored))} as they were, so nothing "
-                    f"changed")
-        return "nothing changed"
+            return f"could not put back {', '.join(stuck)}" + (f"; {done}" if done else "")
+        return f"{done}, so nothing changed" if done else "nothing changed"
 
 
 def _why(error: Exception) -> str:

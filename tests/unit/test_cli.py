@@ -253,7 +253,7 @@ def test_a_crash_between_write_and_rename_leaves_the_old_file(run, pam_dir, monk
     status, out, err = run("enable", "su")
     assert status == 1
     assert err == (f"pam-unshare: writing {pam_dir / 'su'} failed: Input/output error; put back "
-                   f"su.pam-unshare.bak as they were, so nothing changed\n")
+                   f"su.pam-unshare.bak as before, so nothing changed\n")
     assert (pam_dir / "su").read_bytes() == before
     assert not [p for p in pam_dir.iterdir() if p.name.startswith(".") or
                 p.name.endswith(".bak")]

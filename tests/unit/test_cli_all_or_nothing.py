@@ -64,7 +64,7 @@ def test_enabling_several_services_writes_all_or_nothing(pam_dir, module_path):
     assert result.returncode == 1
     assert result.stderr == (
         f"pam-unshare: writing {pam_dir / 'sshd'} failed: sshd.pam-unshare.bak: Is a directory; "
-        f"put back su.pam-unshare.bak, su, sudo.pam-unshare.bak, sudo as they were, so nothing "
+        f"put back su.pam-unshare.bak, su, sudo.pam-unshare.bak, sudo as before, so nothing "
         f"changed\n")
     assert result.stdout == ""
     assert contents(pam_dir) == before
@@ -83,7 +83,7 @@ def test_disabling_several_services_writes_all_or_nothing(pam_dir, module_path):
         subprocess.run(["chattr", "-i", str(pam_dir / "sudo")], check=True)
     assert result.returncode == 1
     assert result.stderr == (f"pam-unshare: writing {pam_dir / 'sudo'} failed: sudo: Operation "
-                             f"not permitted; put back su as they were, so nothing changed\n")
+                             f"not permitted; put back su as before, so nothing changed\n")
     assert contents(pam_dir) == before
 
 
