@@ -20,6 +20,8 @@ from typing import List
 import pytest
 from conftest import require_root, require_tools
 
+from pam_unshare import elf, system
+
 SCRIPT = Path(sys.executable).parent / "pam-unshare"
 NOBODY = 65534
 
@@ -223,3 +225,17 @@ def test_the_built_module_passes(tmp_path, module_path):
     pam_dir = pam_dir_using(tmp_path, lib / "pam_unshare.so")
     result = pam_unshare("check", "--pam-dir", str(pam_dir))
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_a_truncated_or_garbled_module_gives_a_reason_never_an_exception(module_path):
+    """Root reads files users may have written: the ELF reader must turn any input into a
+    reason, never a crash (nor an index past the end)."""
+    data = module_path.read_bytes()
+    assert elf.module_problem(data, system.MODULE_FUNCTIONS) is None
+    for cut in range(0, len(data) - 1, 61):
+        assert elf.module_problem(data[:cut], system.MODULE_FUNCTIONS), cut
+    for at in range(0, min(len(data), 4096), 7):
+        garbled = bytearray(data)
+        garbled[at] ^= 0xFF
+        problem = elf.module_problem(bytes(garbled), system.MODULE_FUNCTIONS)
+        assert problem is None or isinstance(problem, str)
