@@ -1,29 +1,38 @@
-"""Replacing a file so that readers and crashes see the old content or the new, never a mix."""
+"""Replacing a file so that readers and crashes see the old content or the new, never a mix.
+
+Everything happens relative to an open directory: the temporary file is created there with
+O_EXCL and O_NOFOLLOW, and the rename replaces the directory entry itself (a symlink put in its
+place is replaced, never followed), so no path is resolved twice.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
+import secrets
 from pathlib import Path
+from typing import Callable, Tuple
 
 TEMP_SUFFIX = ".pam-unshare-tmp"
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-def _fsync_directory(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def _create_temporary(directory: int, name: str) -> Tuple[int, str]:
+    while True:
+        temp = f".{name}.{secrets.token_hex(6)}{TEMP_SUFFIX}"
+        try:
+            return os.open(temp, _CREATE, 0o600, dir_fd=directory), temp
+        except FileExistsError:
+            continue
 
 
-def replace_atomically(target: Path, data: bytes, mode: int, uid: int, gid: int) -> None:
-    """Writes DATA to a temporary file beside TARGET, then renames it over TARGET: a reader (or a
-    crash) sees the old file or the new one, never a mix; the temporary file never outlives a
-    failure."""
-    fd, temp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.",
-                                suffix=TEMP_SUFFIX)
+def replace_at(directory: int, name: str, data: bytes, mode: int, uid: int, gid: int,
+               before_rename: Callable[[], None] | None = None) -> os.stat_result:
+    """Writes DATA to a temporary file in the open DIRECTORY, then renames it over NAME: a
+    reader (or a crash) sees the old file or the new one, never a mix; the temporary file never
+    outlives a failure. BEFORE_RENAME runs right before the rename and may raise to stop it.
+    Returns the new file's stat."""
+    fd, temp = _create_temporary(directory, name)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
@@ -32,9 +41,22 @@ def replace_atomically(target: Path, data: bytes, mode: int, uid: int, gid: int)
             if (uid, gid) != (os.geteuid(), os.getegid()):
                 os.fchown(handle.fileno(), uid, gid)
             os.fsync(handle.fileno())
-        os.replace(temp, target)
+            written = os.fstat(handle.fileno())
+        if before_rename is not None:
+            before_rename()
+        os.replace(temp, name, src_dir_fd=directory, dst_dir_fd=directory)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
-            os.unlink(temp)
+            os.unlink(temp, dir_fd=directory)
         raise
-    _fsync_directory(target.parent)
+    os.fsync(directory)
+    return written
+
+
+def replace_atomically(target: Path, data: bytes, mode: int, uid: int, gid: int) -> None:
+    """replace_at for TARGET's directory and name."""
+    directory = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        replace_at(directory, target.name, data, mode, uid, gid)
+    finally:
+        os.close(directory)

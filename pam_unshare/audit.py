@@ -79,7 +79,7 @@ def _mentions_module(text: str | None) -> bool:
 
 
 def _module_findings(tree: PamTree, name: str, rule: pamd.Rule,
-                     cache: Dict[str, str | None]) -> List[Finding]:
+                     cache: Dict[str, system.ModuleProblem | None]) -> List[Finding]:
     where = f"{tree.path(name)}:{rule.number}"
     found = []
     parsed, rejections = options.parse(rule.args)
@@ -92,14 +92,19 @@ def _module_findings(tree: PamTree, name: str, rule: pamd.Rule,
                              f"refuses every session under onerr=fail; in exempt_groups it "
                              f"exempts nobody)", "options", name))
     resolved = system.resolve_module(rule.module)
+    problem = None
     if resolved is None:
-        reason = (f"{rule.module} cannot be found: no PAM module directory (no "
-                  f"{system.REFERENCE_MODULE} found)")
+        reason: str | None = (f"{rule.module} cannot be found: no PAM module directory (no "
+                              f"{system.REFERENCE_MODULE} found)")
     else:
         if str(resolved) not in cache:
             cache[str(resolved)] = system.module_problem(resolved)
-        reason = cache[str(resolved)]
-    if reason and rule.silent:
+        problem = cache[str(resolved)]
+        reason = str(problem) if problem else None
+    if problem and problem.unsafe:
+        found.append(Finding(True, where, f"{reason}: PAM runs whatever is at {resolved} as "
+                             f"root in every session of {name}", "module", name))
+    elif reason and rule.silent:
         found.append(Finding(True, where, f"{reason}: PAM skips this \"-session\" line and "
                              f"{name}'s sessions run without isolation", "module", name))
     elif reason:
@@ -176,7 +181,7 @@ def check(tree: PamTree) -> List[Finding]:
     """Everything wrong with the lines of ours in TREE: their options (judged by the module's own
     parser), the module they load, and their place in every stack that reaches them."""
     findings: List[Finding] = []
-    cache: Dict[str, str | None] = {}
+    cache: Dict[str, system.ModuleProblem | None] = {}
     services = tree.services()
     for name in services:
         try:

@@ -9,14 +9,16 @@ written as bytes decoded with surrogateescape: bytes that are not UTF-8 survive 
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, List, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Sequence, Tuple
 
-from pam_unshare.atomic import replace_atomically
+from pam_unshare import atomic, trust
+from pam_unshare.errors import Failed, Refused
 
 MODULE_TOKEN = "pam_unshare.so"
 TYPES = ("auth", "account", "password", "session")
@@ -25,6 +27,9 @@ INCLUDE_DIRECTIVE = "@include"
 BACKUP_SUFFIX = ".pam-unshare.bak"
 _ENCODING = "utf-8"
 _ERRORS = "surrogateescape"
+_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+# What tells that a file is still the one that was read.
+_IDENTITY = ("st_dev", "st_ino", "st_size", "st_mtime_ns")
 
 
 class ParseError(ValueError):
@@ -266,32 +271,187 @@ def backup_path(path: Path) -> Path:
     return path.with_name(path.name + BACKUP_SUFFIX)
 
 
+@dataclass(frozen=True)
+class Original:
+    """A service file as read: its bytes, and what says it is still the same file."""
+
+    name: str
+    data: bytes
+    info: os.stat_result
+
+    @property
+    def text(self) -> str:
+        return self.data.decode(_ENCODING, _ERRORS)
+
+    def same_as(self, info: os.stat_result | None) -> bool:
+        return info is not None and stat.S_ISREG(info.st_mode) and all(
+            getattr(info, key) == getattr(self.info, key) for key in _IDENTITY)
+
+
+@dataclass(frozen=True)
+class Edit:
+    name: str
+    original: Original | None  # None: a new file (mode 0644, owned by the caller)
+    text: str
+    backup: bool  # save ORIGINAL as NAME.pam-unshare.bak first
+
+
+class PamDir:
+    """An open PAM directory, the one way PAM files are read for editing and written.
+
+    Every read and write goes through the directory's descriptor: a file is opened with
+    O_NOFOLLOW (a symlink is refused, never followed), and is replaced only if it is still the
+    file that was read (device, inode, size and modification time). Run as root, a directory
+    that someone else could write (or any directory on the way to it) is refused: its owner
+    could swap files under root's feet. With LOCK, holds an exclusive flock on the directory
+    itself (no lock file to leave behind), so concurrent runs never lose each other's changes."""
+
+    def __init__(self, path: Path, lock: bool = True) -> None:
+        self.path = path
+        if os.geteuid() == 0:
+            why = trust.problem(str(path), directory=True)
+            if why:
+                raise Refused(f"refusing to edit files in {path}: {why}, and whoever can write "
+                              f"there could steer what root writes; nothing written")
+        self.fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            if lock:
+                fcntl.flock(self.fd, fcntl.LOCK_EX)
+        except BaseException:
+            os.close(self.fd)
+            raise
+
+    def __enter__(self) -> PamDir:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        os.close(self.fd)
+
+    def _stat(self, name: str) -> os.stat_result | None:
+        try:
+            return os.stat(name, dir_fd=self.fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return None
+
+    def read(self, name: str) -> Original | None:
+        """NAME's bytes, or None when there is no such file. Refuses (errors.Refused) a symlink
+        or anything but a regular file."""
+        try:
+            fd = os.open(name, _READ, dir_fd=self.fd)
+        except FileNotFoundError:
+            return None
+        except OSError as error:
+            if error.errno != errno.ELOOP:
+                raise
+            try:
+                target = os.readlink(name, dir_fd=self.fd)
+            except OSError:  # a link a moment ago, something else now
+                raise Failed(self._changed(name)) from None
+            raise Refused(f"{self.path / name} is a symbolic link (to {target}); pam-unshare "
+                          f"edits only regular files in the PAM directory itself: edit the file "
+                          f"it points to, or put a copy in its place; nothing written") from None
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            os.close(fd)
+            raise Refused(f"{self.path / name} is not a regular file; nothing written")
+        with os.fdopen(fd, "rb") as handle:
+            return Original(name, handle.read(), info)
+
+    def _still(self, original: Original | None, name: str) -> Callable[[], None]:
+        def check() -> None:
+            now = self._stat(name)
+            if (original is None and now is None) or (original and original.same_as(now)):
+                return
+            raise Failed(self._changed(name))
+        return check
+
+    def _changed(self, name: str) -> str:
+        return (f"{self.path / name} was replaced or changed while pam-unshare was editing it; "
+                f"left as it is")
+
+    def _replace(self, edit: Edit, undo: List[Tuple[str, Callable[[], None]]]) -> Path | None:
+        original = edit.original
+        if original is None:
+            mode, uid, gid = 0o644, os.geteuid(), os.getegid()
+        else:
+            info = original.info
+            mode, uid, gid = stat.S_IMODE(info.st_mode), info.st_uid, info.st_gid
+        saved = None
+        if edit.backup and original is not None:
+            name = edit.name + BACKUP_SUFFIX
+            try:
+                previous = self.read(name)
+            except Refused:
+                previous = None
+            atomic.replace_at(self.fd, name, original.data, mode, uid, gid)
+            undo.append((name, self._putter(name, previous)))
+            saved = self.path / name
+        check = self._still(original, edit.name)
+        atomic.replace_at(self.fd, edit.name, edit.text.encode(_ENCODING, _ERRORS), mode, uid,
+                          gid, check)
+        undo.append((edit.name, self._putter(edit.name, original)))
+        return saved
+
+    def _putter(self, name: str, original: Original | None) -> Callable[[], None]:
+        """What puts NAME back as ORIGINAL (None: removes it)."""
+        def put() -> None:
+            if original is None:
+                os.unlink(name, dir_fd=self.fd)
+                return
+            info = original.info
+            atomic.replace_at(self.fd, name, original.data, stat.S_IMODE(info.st_mode),
+                              info.st_uid, info.st_gid)
+        return put
+
+    def apply(self, edits: Sequence[Edit]) -> Dict[str, Path | None]:
+        """Makes every edit, or none: when one fails, the files already written are put back
+        and errors.Failed says what failed and which files were put back. Returns each name's
+        backup, if one was saved."""
+        undo: List[Tuple[str, Callable[[], None]]] = []
+        saved: Dict[str, Path | None] = {}
+        for edit in edits:
+            try:
+                saved[edit.name] = self._replace(edit, undo)
+            except (OSError, Failed) as error:
+                raise Failed(f"writing {self.path / edit.name} failed: {_why(error)}; "
+                             f"{self._undo(undo)}") from None
+        return saved
+
+    def _undo(self, undo: List[Tuple[str, Callable[[], None]]]) -> str:
+        restored, stuck = [], []
+        for name, put in reversed(undo):
+            try:
+                put()
+                restored.append(name)
+            except OSError as error:
+                stuck.append(f"{self.path / name} ({_why(error)})")
+        done = f"put back {', '.join(reversed(restored))} as before" if restored else ""
+        if stuck:
+            return f"could not put back {', '.join(stuck)}" + (f"; {done}" if done else "")
+        return f"{done}, so nothing changed" if done else "nothing changed"
+
+
+def _why(error: Exception) -> str:
+    if not isinstance(error, OSError):
+        return str(error)
+    text = error.strerror or str(error)
+    name = error.filename2 or error.filename
+    if isinstance(name, str) and not name.endswith(atomic.TEMP_SUFFIX):
+        text = f"{name}: {text}"
+    return text
+
+
 def write(path: Path, text: str, backup: bool = True) -> Path | None:
-    """Replaces PATH's content with TEXT atomically, keeping its mode and owner (a symlink is
-    followed: its target is rewritten). With BACKUP, the previous content is first saved as
+    """Replaces PATH's content with TEXT atomically, keeping its mode and owner, through
+    PamDir (a symlink is refused). With BACKUP, the previous content is first saved as
     PATH.pam-unshare.bak; returns that path. A new file gets mode 0644."""
-    target = Path(os.path.realpath(path))
-    try:
-        info = os.stat(target)
-        mode, uid, gid = stat.S_IMODE(info.st_mode), info.st_uid, info.st_gid
-    except FileNotFoundError:
-        info = None
-        mode, uid, gid = 0o644, os.geteuid(), os.getegid()
-    saved = None
-    if backup and info is not None:
-        saved = backup_path(target)
-        replace_atomically(saved, target.read_bytes(), mode, uid, gid)
-    replace_atomically(target, text.encode(_ENCODING, _ERRORS), mode, uid, gid)
-    return saved
+    with PamDir(path.parent) as directory:
+        original = directory.read(path.name)
+        return directory.apply([Edit(path.name, original, text, backup)])[path.name]
 
 
 @contextlib.contextmanager
 def locked(pam_dir: Path) -> Iterator[None]:
-    """Holds an exclusive lock on PAM_DIR itself (flock on the directory: no lock file to leave
-    behind) for a read-modify-rename, so concurrent runs never lose each other's changes."""
-    fd = os.open(pam_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+    """Holds PamDir's exclusive lock on PAM_DIR for a read-modify-rename."""
+    with PamDir(pam_dir):
         yield
-    finally:
-        os.close(fd)

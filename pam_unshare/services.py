@@ -4,11 +4,10 @@ text, refuse a plan that could lock anyone out, then write (through pamd) under 
 
 from __future__ import annotations
 
-import contextlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterator, List, Sequence
+from typing import Dict, List, Sequence, Set
 
 from pam_unshare import audit, options, pamd, system
 from pam_unshare.errors import Failed, NeedsRoot, Refused
@@ -71,9 +70,30 @@ def validate_module(module: str) -> None:
         raise Refused(f"cannot tell where PAM loads {module} from (no PAM module directory "
                       f"found); pass --module /absolute/path/{pamd.MODULE_TOKEN}")
     problem = system.module_problem(resolved)
+    if problem and problem.unsafe:
+        raise Refused(f"refusing to use {resolved}: {problem}, and PAM would run whatever is "
+                      f"there as root in every login; nothing written")
     if problem:
         hint = "" if module.startswith("/") else " (run `pam-unshare install` first)"
         raise Refused(f"{problem}: every session would fail{hint}; nothing written")
+
+
+def require_namespaces(services: Sequence[str], arguments: Sequence[str]) -> str | None:
+    """Runs the kernel probe (root only: it creates the namespaces a session gets) and refuses
+    when they cannot be created and the line would say onerr=fail: every login through SERVICES
+    would fail, root's (exempt_users= or not) included. With onerr=succeed, returns a note."""
+    if os.geteuid() != 0:
+        return None  # the probe needs root; so does writing a live PAM directory
+    problems = system.kernel_support().problems()
+    if not problems:
+        return None
+    why = "; ".join(problems)
+    if options.parse(arguments)[0].onerr == "fail":
+        raise Refused(f"sessions cannot get their own PID and mount namespaces on this host "
+                      f"({why}): with onerr=fail every login through {', '.join(services)} "
+                      f"would fail, root's included; nothing written")
+    return (f"sessions cannot get their own PID and mount namespaces on this host ({why}): "
+            f"with onerr=succeed they will run without isolation")
 
 
 def _check_pam_dir(pam_dir: Path) -> None:
@@ -90,28 +110,19 @@ def _require_write(pam_dir: Path, command: str) -> None:
     raise Failed(f"{pam_dir} is not writable")
 
 
-def _load(tree: PamTree, service: str) -> str:
+def _load(directory: pamd.PamDir, service: str) -> pamd.Original:
     if not is_service_name(service):
         raise Refused(f'"{service}" is not a PAM service name; nothing written')
-    path = tree.path(service)
-    text = tree.text(service)
-    if text is None:
+    path = directory.path / service
+    original = directory.read(service)
+    if original is None:
         raise Refused(f"unknown service {service}: {path} does not exist; nothing written")
     try:
-        tree.parsed(service)
+        pamd.parse(original.text)
     except pamd.ParseError as error:
         raise Refused(f"{path} does not parse ({error}); refusing to edit it, nothing "
                       f"written") from None
-    return text
-
-
-@contextlib.contextmanager
-def _maybe_locked(pam_dir: Path, lock: bool) -> Iterator[None]:
-    if lock:
-        with pamd.locked(pam_dir):
-            yield
-    else:
-        yield
+    return original
 
 
 def _reached_through(tree: PamTree, service: str) -> str | None:
@@ -161,7 +172,9 @@ def enable(services: Sequence[str], arguments: Sequence[str] = (),
     """Adds `session required MODULE ARGUMENTS` to each service's file, after its other session
     lines and includes, or updates the line that is there. Refuses (errors.Refused, nothing
     written) an invalid option, an unknown service, a file that does not parse, a module PAM
-    could not load, or a change that puts our line before another session module of any stack."""
+    could not load or someone else controls, a host where sessions cannot get their namespaces
+    (with onerr=fail), or a change that puts our line before another session module of any
+    stack. Writes every file or none."""
     validate_options(arguments)
     validate_module(module)
     _check_pam_dir(pam_dir)
@@ -169,9 +182,13 @@ def enable(services: Sequence[str], arguments: Sequence[str] = (),
         _require_write(pam_dir, "enable")
     requested = list(dict.fromkeys(services))
     outcome = Outcome()
-    with _maybe_locked(pam_dir, not dry_run):
-        tree = PamTree(pam_dir)
-        before = {service: _load(tree, service) for service in requested}
+    note = require_namespaces(requested, arguments)
+    if note:
+        outcome.notes.append(note)
+    with pamd.PamDir(pam_dir, lock=not dry_run) as directory:
+        originals = {service: _load(directory, service) for service in requested}
+        before = {service: originals[service].text for service in requested}
+        tree = PamTree(pam_dir, before)
         line = pamd.session_line(module, arguments)
         planned = {s: pamd.with_session_line(before[s], line) for s in requested}
         for service, text in planned.items():
@@ -188,7 +205,10 @@ def enable(services: Sequence[str], arguments: Sequence[str] = (),
                 outcome.notes.append(str(finding).replace("warning: ", "", 1))
         outcome.changes = [Change(s, tree.path(s), before[s], final[s]) for s in requested]
         if not dry_run:
-            _write(outcome)
+            # The backup keeps the version from before enable: a file that already has a line
+            # of ours (new options) keeps the backup it has.
+            _write(directory, outcome, originals,
+                   {s for s in requested if not pamd.parse(before[s]).ours()})
     return outcome
 
 
@@ -201,9 +221,10 @@ def disable(services: Sequence[str], pam_dir: Path = DEFAULT_PAM_DIR,
         _require_write(pam_dir, "disable")
     requested = list(dict.fromkeys(services))
     outcome = Outcome()
-    with _maybe_locked(pam_dir, not dry_run):
-        tree = PamTree(pam_dir)
-        before = {service: _load(tree, service) for service in requested}
+    with pamd.PamDir(pam_dir, lock=not dry_run) as directory:
+        originals = {service: _load(directory, service) for service in requested}
+        before = {service: originals[service].text for service in requested}
+        tree = PamTree(pam_dir, before)
         final = {s: pamd.without_session_line(before[s]) for s in requested}
         after = tree.with_overrides(final)
         was = {e.service for e in audit.enabled(tree)}
@@ -217,11 +238,15 @@ def disable(services: Sequence[str], pam_dir: Path = DEFAULT_PAM_DIR,
                                  f"includes a file you disabled)")
         outcome.changes = [Change(s, tree.path(s), before[s], final[s]) for s in requested]
         if not dry_run:
-            _write(outcome)
+            # No backup: the one enable saved is the version from before enable, and stays.
+            _write(directory, outcome, originals, set())
     return outcome
 
 
-def _write(outcome: Outcome) -> None:
-    for change in outcome.changes:
-        if change.changed:
-            outcome.backups[change.service] = pamd.write(change.path, change.after)
+def _write(directory: pamd.PamDir, outcome: Outcome, originals: Dict[str, pamd.Original],
+           backup: Set[str]) -> None:
+    """Every changed file, or none (pamd.PamDir.apply puts back what it wrote on a failure)."""
+    edits = [pamd.Edit(change.service, originals[change.service], change.after,
+                       change.service in backup)
+             for change in outcome.changes if change.changed]
+    outcome.backups.update(directory.apply(edits))

@@ -9,6 +9,11 @@ from pam_unshare import __version__, audit, options, paths, system
 from pam_unshare.stacks import PamTree
 
 
+def _problem_text(path: Path) -> str | None:
+    problem = system.module_problem(path)
+    return str(problem) if problem else None
+
+
 def module_facts() -> Dict[str, object]:
     """The built module, and the copy PAM would load by name: is it there, is it the same?"""
     try:
@@ -27,7 +32,7 @@ def module_facts() -> Dict[str, object]:
             "present": present,
             "sha256": sha,
             "same_as_built": bool(present and built_sha and sha == built_sha),
-            "problem": system.module_problem(target) if present else None,
+            "problem": _problem_text(target) if present else None,
         }
     return {
         "version": __version__,

@@ -4,7 +4,6 @@ give sessions their own PID and mount namespaces. Read-only (the probe's namespa
 
 from __future__ import annotations
 
-import ctypes
 import glob
 import hashlib
 import os
@@ -17,11 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List
 
-from pam_unshare import linux, paths
+from pam_unshare import elf, linux, paths, trust
 
 # The module every PAM installation has; the directory that holds it is where PAM resolves a
 # module given by name only.
 REFERENCE_MODULE = "pam_unix.so"
+# What PAM looks up in a session module.
+MODULE_FUNCTIONS = ("pam_sm_open_session", "pam_sm_close_session")
 MIN_KERNEL = (5, 8)  # setns() with a pidfd
 _TRIPLETS = {"x86_64": "x86_64-linux-gnu", "aarch64": "aarch64-linux-gnu",
              "armv7l": "arm-linux-gnueabihf", "i686": "i386-linux-gnu",
@@ -83,26 +84,43 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def module_problem(path: Path) -> str | None:
-    """Why PAM could not load PATH as our module, or None. A module that is missing or does not
-    load makes every session of a `session required` stack fail."""
+@dataclass(frozen=True)
+class ModuleProblem:
+    text: str
+    unsafe: bool  # PAM would load it, but someone other than root decides what it runs
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def module_problem(path: Path) -> ModuleProblem | None:
+    """Why PAM could not, or root should not, load PATH as our module, or None.
+
+    A module that is missing or is not a session module makes every session of a `session
+    required` stack fail. One that someone other than root could replace (its file or any
+    directory on the way to it) runs their code as root at every login. The file is judged by
+    its ELF headers and symbol table and never loaded here: loading runs its constructors."""
     try:
         info = os.stat(path)
     except FileNotFoundError:
-        return f"{path} does not exist"
+        return ModuleProblem(f"{path} does not exist", unsafe=False)
     except OSError as error:
-        return f"{path}: {error.strerror}"
+        return ModuleProblem(f"{path}: {error.strerror}", unsafe=False)
     if not stat.S_ISREG(info.st_mode):
-        return f"{path} is not a regular file"
-    if info.st_mode & stat.S_IWOTH:
-        return f"{path} is writable by everyone"
+        return ModuleProblem(f"{path} is not a regular file", unsafe=False)
+    unsafe = trust.problem(str(path))
+    if unsafe:
+        return ModuleProblem(unsafe, unsafe=True)
     try:
-        library = ctypes.CDLL(str(path))
+        with open(path, "rb") as handle:
+            data = handle.read(elf.MAX_SIZE + 1)
     except OSError as error:
-        return f"{path} does not load: {error}"
-    if not hasattr(library, "pam_sm_open_session"):
-        return f"{path} is not a PAM session module (no pam_sm_open_session)"
-    return None
+        return ModuleProblem(f"{path}: {error.strerror}", unsafe=False)
+    if len(data) > elf.MAX_SIZE:
+        return ModuleProblem(f"{path} is larger than {elf.MAX_SIZE >> 20} MiB, which no PAM "
+                             f"module is", unsafe=False)
+    why = elf.module_problem(data, MODULE_FUNCTIONS)
+    return ModuleProblem(f"{path} {why}", unsafe=False) if why else None
 
 
 @dataclass(frozen=True)
@@ -112,6 +130,20 @@ class KernelSupport:
     max_pid_namespaces: int | None
     root_propagation: str
     unshare: str  # "works", "fails: REASON" or "not tried: REASON"
+
+    def problems(self) -> List[str]:
+        """Why sessions could not get their own PID and mount namespaces here."""
+        found = []
+        if not self.release_ok:
+            found.append(f"kernel {self.release} is older than "
+                         f"{'.'.join(map(str, MIN_KERNEL))}")
+        if self.max_pid_namespaces is None:
+            found.append("/proc/sys/user/max_pid_namespaces cannot be read")
+        elif not self.max_pid_namespaces:
+            found.append("user.max_pid_namespaces is 0")
+        if self.unshare.startswith("fails"):
+            found.append(f"creating them {self.unshare}")
+        return found
 
     @property
     def ok(self) -> bool:
@@ -186,7 +218,7 @@ def _probe_child(report: int) -> int:
                                   code, b"the namespace's first process failed"))
         return code
     except OSError as error:
-        os.write(report, str(error).encode())
+        os.write(report, (error.strerror or str(error)).encode())
         return 2
 
 

@@ -248,14 +248,16 @@ def test_a_crash_between_write_and_rename_leaves_the_old_file(run, pam_dir, monk
     before = (pam_dir / "su").read_bytes()
     real_replace = os.replace
 
-    def crash(source, target):
+    def crash(source, target, **fds):
         if Path(target).name == "su":
             raise OSError(5, "Input/output error")
-        real_replace(source, target)
+        real_replace(source, target, **fds)
 
     monkeypatch.setattr(os, "replace", crash)
     status, out, err = run("enable", "su")
     assert status == 1
-    assert err == "pam-unshare: Input/output error\n"
+    assert err == (f"pam-unshare: writing {pam_dir / 'su'} failed: Input/output error; put back "
+                   f"su.pam-unshare.bak as before, so nothing changed\n")
     assert (pam_dir / "su").read_bytes() == before
-    assert not [p for p in pam_dir.iterdir() if p.name.startswith(".")]
+    assert not [p for p in pam_dir.iterdir() if p.name.startswith(".") or
+                p.name.endswith(".bak")]

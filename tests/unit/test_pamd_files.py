@@ -12,6 +12,7 @@ import pytest
 from conftest import require_root
 
 from pam_unshare import pamd
+from pam_unshare.errors import Failed, Refused
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "pam.d"
 DEBIAN_FILES = sorted(path.name for path in FIXTURES.iterdir())
@@ -86,17 +87,18 @@ def test_a_crash_between_write_and_rename_leaves_the_old_file(pam_dir, monkeypat
     before = path.read_bytes()
     real_replace = os.replace
 
-    def crash(source, target):
-        if Path(target) == path:
+    def crash(source, target, **fds):
+        if Path(target).name == path.name:
             raise OSError(5, "simulated crash before the rename")
-        real_replace(source, target)
+        real_replace(source, target, **fds)
 
     monkeypatch.setattr(os, "replace", crash)
-    with pytest.raises(OSError, match="simulated crash"):
+    with pytest.raises(Failed, match="simulated crash before the rename; put back "
+                       "sshd.pam-unshare.bak"):
         pamd.write(path, pamd.with_session_line(pamd.read(path), LINE))
     assert path.read_bytes() == before
-    assert sorted(p.name for p in pam_dir.iterdir()) == sorted(DEBIAN_FILES + [
-        "sshd.pam-unshare.bak"])
+    # The backup written just before went again with the failure: nothing changed.
+    assert sorted(p.name for p in pam_dir.iterdir()) == DEBIAN_FILES
 
 
 def test_bytes_that_are_not_utf8_survive(pam_dir):
@@ -108,13 +110,17 @@ def test_bytes_that_are_not_utf8_survive(pam_dir):
     assert path.read_bytes() == original
 
 
-def test_a_symlinked_service_file_stays_a_symlink(pam_dir):
+def test_a_symlinked_service_file_is_refused_and_its_target_untouched(pam_dir):
+    # A link may point anywhere (a file authselect manages, a host file from a copied tree):
+    # writing through it is how root was steered into /etc/ld.so.preload (issue 20, item 4).
     real = pam_dir / "sudo-real"
     os.replace(pam_dir / "sudo", real)
+    before = real.read_bytes()
     (pam_dir / "sudo").symlink_to("sudo-real")
-    pamd.write(pam_dir / "sudo", pamd.with_session_line(pamd.read(pam_dir / "sudo"), LINE))
+    with pytest.raises(Refused, match="sudo is a symbolic link"):
+        pamd.write(pam_dir / "sudo", pamd.with_session_line(pamd.read(pam_dir / "sudo"), LINE))
     assert (pam_dir / "sudo").is_symlink()
-    assert LINE in real.read_text()
+    assert real.read_bytes() == before
 
 
 def test_the_lock_is_exclusive(pam_dir):
