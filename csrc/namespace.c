@@ -8,6 +8,7 @@
 #include <sched.h>
 #include <signal.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/mount.h>
@@ -75,6 +76,7 @@ enum child_step {
     STEP_LIMITS,
     STEP_PROPAGATION,
     STEP_MOUNT_PROC,
+    STEP_COVER_PROCFS,
     STEP_MEMFD,
     STEP_WRITE_INIT,
     STEP_SEAL_INIT,
@@ -96,6 +98,7 @@ static const char *const CHILD_STEP_NAMES[STEP_COUNT] = {
     [STEP_LIMITS] = "setting the resource limits of the session init",
     [STEP_PROPAGATION] = "setting mount propagation of / in the session",
     [STEP_MOUNT_PROC] = "mounting the session's /proc",
+    [STEP_COVER_PROCFS] = "covering the other procfs mounts of the session",
     [STEP_MEMFD] = "creating the memfd for the session init",
     [STEP_WRITE_INIT] = "writing the session init",
     [STEP_SEAL_INIT] = "sealing the session init",
@@ -197,6 +200,94 @@ static int create_init_program(int ready_fd)
     if (fcntl(fd, F_ADD_SEALS, F_SEAL_SEAL | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE) < 0)
         child_failed(ready_fd, STEP_SEAL_INIT);
     return fd;
+}
+
+/* mountinfo(5) writes blanks, tabs, newlines and backslashes of a path as \ooo: undone in place. */
+static void unescape_octal(char *text)
+{
+    char *out = text;
+    for (; *text; text++) {
+        if (text[0] == '\\' && text[1] >= '0' && text[1] <= '3' && text[2] >= '0' &&
+            text[2] <= '7' && text[3] >= '0' && text[3] <= '7') {
+            *out++ = (char)((text[1] - '0') * 64 + (text[2] - '0') * 8 + (text[3] - '0'));
+            text += 3;
+        } else {
+            *out++ = *text;
+        }
+    }
+    *out = '\0';
+}
+
+/* From one mountinfo line: the mount ID and mount point of a procfs mount other than /proc and
+ * what lies below it (the session's /proc covers those). 0 when the line is anything else. */
+static int other_procfs(char *line, unsigned long *id, char **point)
+{
+    char *fields[5], *separator, *cursor = line;
+
+    for (int i = 0; i < 5; i++) {
+        fields[i] = strsep(&cursor, " ");
+        if (fields[i] == NULL)
+            return 0;
+    }
+    separator = cursor ? strstr(cursor, " - ") : NULL;
+    if (separator == NULL || strncmp(separator + 3, "proc ", 5) != 0)
+        return 0;
+    unescape_octal(fields[4]);
+    if (strcmp(fields[4], "/proc") == 0 || strncmp(fields[4], "/proc/", 6) == 0)
+        return 0;
+    *id = strtoul(fields[0], NULL, 10);
+    *point = fields[4];
+    return 1;
+}
+
+/* Mounts the session's procfs on top of the mount with ID, reached through POINT. The path was
+ * read a moment ago and a user may own a directory on it: the mount is pinned by an O_PATH
+ * descriptor whose mount ID must be ID, and the new procfs goes on exactly that. 0 when the
+ * mount is gone meanwhile (nothing to cover), -1 with errno on failure. */
+static int cover_procfs_mount(unsigned long id, const char *point)
+{
+    struct statx where;
+    char through[64];
+    int rc;
+    autoclose int fd = open(point, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+
+    if (fd < 0)
+        return errno == ENOENT || errno == ENOTDIR || errno == ELOOP ? 0 : -1;
+    if (statx(fd, "", AT_EMPTY_PATH, STATX_MNT_ID, &where) < 0)
+        return -1;
+    if (!(where.stx_mask & STATX_MNT_ID) || where.stx_mnt_id != id)
+        return 0; /* the path leads elsewhere now: not the procfs mount that was listed */
+    snprintf(through, sizeof through, "/proc/self/fd/%d", fd);
+    rc = mount("proc", through, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
+    return rc;
+}
+
+/* The session inherits every procfs the host has mounted elsewhere (a chroot's /proc, a bind of
+ * /proc): each would list the host's processes. A procfs of the session's own goes on top of
+ * each. The whole table is read before anything is mounted: the new mounts join the table. */
+static void cover_other_procfs(int ready_fd)
+{
+    char *table = NULL, *cursor, *line;
+    size_t size = 0;
+    FILE *mounts = fopen("/proc/self/mountinfo", "re");
+    FILE *copy = open_memstream(&table, &size);
+    char chunk[8192];
+    size_t got;
+
+    if (mounts == NULL || copy == NULL)
+        child_failed(ready_fd, STEP_COVER_PROCFS);
+    while ((got = fread(chunk, 1, sizeof chunk, mounts)) > 0)
+        fwrite(chunk, 1, got, copy);
+    if (ferror(mounts) || fclose(copy) != 0)
+        child_failed(ready_fd, STEP_COVER_PROCFS);
+    fclose(mounts);
+    for (cursor = table; (line = strsep(&cursor, "\n")) != NULL;) {
+        unsigned long id;
+        char *point;
+        if (other_procfs(line, &id, &point) && cover_procfs_mount(id, point) < 0)
+            child_failed(ready_fd, STEP_COVER_PROCFS);
+    }
+    free(table);
 }
 
 /* The descriptors the init gets, at the numbers of protocol.h; -1: none. */
@@ -357,6 +448,7 @@ __attribute__((noreturn)) static void become_init(const struct pu_options *opts,
      * below it and cannot be unmounted, and the old one stays out of reach underneath. */
     if (mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0)
         child_failed(ready, STEP_MOUNT_PROC);
+    cover_other_procfs(ready);
     fds.program = create_init_program(ready);
     if (chdir("/") < 0)
         child_failed(ready, STEP_CHDIR);

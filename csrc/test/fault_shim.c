@@ -116,6 +116,7 @@ REAL(int, setgroups, size_t, const gid_t *)
 REAL(int, setresuid, uid_t, uid_t, uid_t)
 REAL(int, setresgid, gid_t, gid_t, gid_t)
 REAL(int, setrlimit, int, const struct rlimit *)
+REAL(FILE *, fopen, const char *, const char *)
 REAL(int, socket, int, int, int)
 REAL(int, bind, int, const struct sockaddr *, socklen_t)
 REAL(int, listen, int, int)
@@ -525,6 +526,12 @@ int setrlimit(__rlimit_resource_t resource, const struct rlimit *limit)
 {
     FAIL_WITH("setrlimit", resource, -1);
     return get_setrlimit()(resource, limit);
+}
+
+FILE *fopen(const char *path, const char *mode)
+{
+    FAIL_WITH("fopen", 0, NULL);
+    return get_fopen()(path, mode);
 }
 
 int socket(int domain, int type, int protocol)

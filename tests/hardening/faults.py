@@ -111,6 +111,8 @@ STEPS: List[Step] = [
     Step("propagation-mount", "mount:1:EPERM", "setting mount propagation of / in the session",
          where="child"),
     Step("proc-mount", "mount:2:EPERM", "mounting the session's /proc", where="child"),
+    Step("cover-procfs", "fopen:1:EMFILE", "covering the other procfs mounts of the session",
+         where="child"),
     Step("memfd", "memfd_create:1:EMFILE", "creating the memfd for the session init",
          where="child"),
     Step("memfd-no-mfd-exec", "memfd_create:1:EINVAL", "", outcome=RECOVERS, where="child"),
