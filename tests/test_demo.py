@@ -150,17 +150,17 @@ def test_no_other_user_can_read_the_copy_of_shadow(demo_tmpdir: Path):
     assert report["dirs"] == runs and report["attempts"] > 0, report
 
 
-def _job_pids() -> List[int]:
-    """Processes whose command line is the demo's background job."""
+def _job_pids(demo: int) -> List[int]:
+    """Children of DEMO whose command line is the demo's background job."""
     pids = []
     for entry in os.scandir("/proc"):
         if entry.name.isdigit():
             try:
                 cmdline = Path(entry.path, "cmdline").read_bytes()
-                state = Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()[0]
+                fields = Path(entry.path, "stat").read_text().rsplit(")", 1)[1].split()
             except OSError:
                 continue
-            if cmdline.startswith(JOB_MARK) and state != "Z":
+            if cmdline.startswith(JOB_MARK) and fields[0] != "Z" and int(fields[1]) == demo:
                 pids.append(int(entry.name))
     return pids
 
@@ -213,12 +213,12 @@ def test_a_stopped_demo_leaves_no_copies_and_no_job(demo_tmpdir: Path, tmp_path:
             assert time.monotonic() < deadline, "the demo never reached its `ps`"
             time.sleep(0.02)
         ps_pid = int(ready.read_text())
-        jobs = _job_pids()
+        demo_pid = int(proc.stdout.readline()) if how == PARENT_DIES else proc.pid
+        jobs = _job_pids(demo_pid)
         assert len(jobs) == 1, f"the demo's background job is not running: {jobs}"
         job_uid = _uid(jobs[0])
         assert [p.name for p in demo_tmpdir.iterdir()][0].startswith(DEMO_PREFIX)
         if how == PARENT_DIES:
-            demo_pid = int(proc.stdout.readline())
             proc.kill()
             proc.wait()
             deadline = time.monotonic() + 30
@@ -229,9 +229,10 @@ def test_a_stopped_demo_leaves_no_copies_and_no_job(demo_tmpdir: Path, tmp_path:
             proc.send_signal(getattr(signal, how))
             proc.wait(timeout=30)
         deadline = time.monotonic() + 5
-        while _job_pids() and time.monotonic() < deadline:
+        while not _gone(jobs[0]) and time.monotonic() < deadline:
             time.sleep(0.05)
-        left = {"job": _job_pids(), "files": sorted(p.name for p in demo_tmpdir.iterdir())}
+        left = {"job": [pid for pid in jobs if not _gone(pid)],
+                "files": sorted(p.name for p in demo_tmpdir.iterdir())}
         assert left == {"job": [], "files": []}, f"after {how} the demo left {left}"
         if how != PARENT_DIES:
             status = 128 + getattr(signal, how)
