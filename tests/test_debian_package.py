@@ -14,11 +14,13 @@ database.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import re
 import subprocess
 import sys
+import tarfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -514,17 +516,43 @@ def assert_everyone_can_log_in(ct: SystemdContainer, after: str) -> None:
         f"after {after}: PAM lines name missing modules: {missing}; logins that fail: {failed}")
 
 
-def add_cli_line(ct: SystemdContainer, service: str) -> None:
-    """The line `pam-unshare enable SERVICE` writes, placed by the CLI's own writer (pamd)."""
-    path = f"/etc/pam.d/{service}"
-    text = pamd.with_session_line(ct.read_file(path), pamd.session_line())
-    ct.write_file(path, text.encode())
+CLI_DIR = "/opt/pu-cli"
+CLI = ["env", f"PYTHONPATH={CLI_DIR}", "python3", "-P", "-m", "pam_unshare.cli"]
+
+
+def install_cli(ct: SystemdContainer) -> None:
+    """The installed CLI (the package these tests import) and what it needs at run time (cffi),
+    copied into the container: Debian 12 on both sides, the same Python."""
+    site = Path(pamd.__file__).resolve().parent.parent
+    names = ["pam_unshare", "cffi", "pycparser", *(p.name for p in site.glob("_cffi_backend*"))]
+    archive = io.BytesIO()
+    with tarfile.open(fileobj=archive, mode="w") as tar:
+        for name in names:
+            tar.add(site / name, arcname=name,
+                    filter=lambda info: None if "__pycache__" in info.name else info)
+    ct.run(["mkdir", "-p", CLI_DIR], check=True)
+    ct.run(["tar", "-x", "-C", CLI_DIR], input=archive.getvalue(), check=True)
+
+
+def cli_enable(ct: SystemdContainer, *services: str) -> str:
+    """`pam-unshare enable SERVICE...` in the container, for real."""
+    res = ct.run([*CLI, "enable", *services], timeout=60)
+    assert res.returncode == 0, f"pam-unshare enable failed: {res.stdout}{res.stderr}"
+    return res.stdout + res.stderr
 
 
 def changed_files(host: PackageHost) -> Dict[str, tuple]:
+    """What differs in /etc/pam.d from before the install, but the CLI's backups (new files
+    FILE.pam-unshare.bak, the CLI's and not the package's to remove), which must be FILE's
+    original bytes."""
     after = snapshot(host.ct, "/etc/pam.d")
-    return {k: (host.pam_d.get(k), after.get(k)) for k in host.pam_d.keys() | after.keys()
-            if host.pam_d.get(k) != after.get(k)}
+    changed = {k: (host.pam_d.get(k), after.get(k)) for k in host.pam_d.keys() | after.keys()
+               if host.pam_d.get(k) != after.get(k)}
+    for path, (before, now) in list(changed.items()):
+        original = path.removesuffix(pamd.BACKUP_SUFFIX)
+        if path != original and before is None and now == host.pam_d.get(original):
+            del changed[path]
+    return changed
 
 
 @pytest.fixture()
@@ -535,14 +563,18 @@ def fresh_host(deb: Path, tmp_path: Path) -> Iterator[PackageHost]:
 
 
 def test_remove_takes_out_lines_pam_auth_update_does_not_manage(fresh_host: PackageHost):
-    """The profile's line, the CLI's line in sudo and a hand-written one in su all go on `apt-get
-    remove`: before, sudo kept naming the deleted module and failed for everyone, root too."""
+    """The profile's line, `pam-unshare enable`'s in sudo and a hand-written one in runuser all
+    go on `apt-get remove`: before, sudo kept naming the deleted module and failed for everyone,
+    root too. Logins are checked after enabling, after remove and after purge."""
     ct = fresh_host.ct
+    install_cli(ct)
     sh(ct, f"dpkg -i {DEB_IN_CONTAINER} && pam-auth-update --enable {PROFILE_NAME}")
-    add_cli_line(ct, "sudo")
+    # su and sshd already run the module through common-session: the CLI skips them.
+    cli_enable(ct, "su", "sudo", "sshd")
     ct.write_file("/etc/pam.d/runuser", (ct.read_file("/etc/pam.d/runuser") + HAND_LINE).encode())
     res = ct.run(["sudo", "-n", "-u", ALICE, "cat", "/proc/1/comm"], check=True)
     assert res.stdout == "pam_unshare\n", "the CLI's line in sudo is not live"
+    assert_everyone_can_log_in(ct, "enabling")
 
     out = ct.run(NONINTERACTIVE + f"apt-get remove -y {PACKAGE} 2>&1", timeout=120)
     assert out.returncode == 0, out.stdout
@@ -551,6 +583,11 @@ def test_remove_takes_out_lines_pam_auth_update_does_not_manage(fresh_host: Pack
     assert changed_files(fresh_host) == {}, "/etc/pam.d is not as it was before the install"
     # The admin is told which lines went.
     assert "/etc/pam.d/sudo:" in out.stdout and "/etc/pam.d/runuser:" in out.stdout, out.stdout
+    # Nothing is left for purge to do (no conffiles: apt no longer knows the package), and
+    # nothing it does locks anyone out.
+    sh(ct, f"dpkg -P {PACKAGE}")
+    assert_everyone_can_log_in(ct, "dpkg -P")
+    assert changed_files(fresh_host) == {}
 
 
 def test_purge_with_locally_modified_common_session(fresh_host: PackageHost):
@@ -596,8 +633,9 @@ def test_upgrade_and_reinstall_keep_the_lines(fresh_host: PackageHost, deb: Path
     ct = fresh_host.ct
     newer = repacked_with_version(deb, debian_version(project_version()) + "+1", tmp_path)
     ct.write_file("/root/newer.deb", newer.read_bytes())
+    install_cli(ct)
     sh(ct, f"dpkg -i {DEB_IN_CONTAINER} && pam-auth-update --enable {PROFILE_NAME}")
-    add_cli_line(ct, "sudo")
+    cli_enable(ct, "sudo")
     enabled = snapshot(ct, "/etc/pam.d")
     for step in ("dpkg -i /root/newer.deb", "dpkg -i /root/newer.deb"):  # upgrade, reinstall
         sh(ct, step)
