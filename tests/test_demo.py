@@ -113,7 +113,7 @@ def demo_tmpdir() -> Iterator[Path]:
 
 def test_no_other_user_can_read_the_copy_of_shadow(demo_tmpdir: Path):
     """While the demo runs, user nobody tries to open its copies of shadow and gshadow, in a
-    loop. /etc/shadow is a 64 MiB stand-in here (a bind mount in a mount namespace of the
+    loop. /etc/shadow is a 52 MiB stand-in here (a bind mount in a mount namespace of the
     demo's own), so that copying it takes long enough for a race to be won when it can be:
     before the fix, the copy was created 0644 in a 0755 directory and then tightened."""
     require_root()
