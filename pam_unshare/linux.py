@@ -51,3 +51,13 @@ def mount(source: str | None, target: str, fstype: str | None, flags: int,
 
 def bind(source: str, target: str, recursive: bool = False) -> None:
     mount(source, target, None, MS_BIND | (MS_REC if recursive else 0))
+
+
+PR_SET_PDEATHSIG = 1
+
+
+def set_parent_death_signal(signum: int) -> None:
+    """The kernel sends SIGNUM to this process when the thread that forked it exits. Cleared by
+    a later change of credentials and by exec of a set-user-ID program: set it last."""
+    _check(_libc.prctl(ctypes.c_int(PR_SET_PDEATHSIG), ctypes.c_ulong(signum), ctypes.c_ulong(0),
+                       ctypes.c_ulong(0), ctypes.c_ulong(0)), "prctl(PR_SET_PDEATHSIG)")

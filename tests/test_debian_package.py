@@ -4,17 +4,23 @@ packaging/build-deb builds the .deb into a temporary directory; lintian must pri
 warning; its contents are checked; then it is installed, the way an administrator would, into a
 booted Debian 12 systemd container of its own (tests/hosts): ``dpkg -i``, ``pam-auth-update
 --enable pam-unshare``, real logins, ``--disable``, remove and purge, after which /etc/pam.d must be
-byte-identical to what it was before the install. Nothing here touches this machine's PAM
-configuration or package database.
+byte-identical to what it was before the install. The removal paths (issue 20) each get a fresh
+container: lines pam-auth-update does not manage, a locally modified common-session, upgrade and
+reinstall, a removal refused; after each, su, sudo and ssh work for root and a user and no PAM
+file names a missing module. Nothing here touches this machine's PAM configuration or package
+database.
 """
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import re
 import subprocess
 import sys
+import tarfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,6 +32,8 @@ from conftest import require_tools
 from helpers.debian_package import DEBIAN_DIR, PACKAGE, ROOT, debian_version, project_version
 from hosts.fixtures import CACHE_ENV, systemd_container_missing, unavailable
 from hosts.systemd_container import DEFAULT_CACHE_DIR, SystemdContainer, build_rootfs
+
+from pam_unshare import pamd
 
 PROFILE_NAME = "pam-unshare"
 MODULE = "usr/lib/x86_64-linux-gnu/security/pam_unshare.so"
@@ -266,16 +274,16 @@ def assert_pam_d_restored(host: PackageHost) -> None:
     assert snapshot(ct, "/var/lib/pam") == host.pam_state
 
 
-@pytest.fixture(scope="module")
-def package_host(deb: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PackageHost]:
-    """A systemd container of this module's own (installing into the shared one would change
-    the stacks tests/test_systemd_host.py checks), with the .deb copied in, test users, an ssh
-    key for pu_alice and a long-running process of pu_bob."""
+@contextlib.contextmanager
+def booted_package_host(deb: Path, log: Path) -> Iterator[PackageHost]:
+    """A systemd container of its own (installing into the shared one would change the stacks
+    tests/test_systemd_host.py checks), with the .deb copied in, test users, an ssh key for
+    pu_alice and root, sudo without a password for pu_alice, and a long-running process of
+    pu_bob. Powered off on the way out."""
     reason = systemd_container_missing()
     if reason:
         unavailable(reason)
     rootfs = build_rootfs(Path(os.environ.get(CACHE_ENV) or DEFAULT_CACHE_DIR))
-    log = tmp_path_factory.mktemp("deb-container") / "nspawn.log"
     with SystemdContainer(rootfs, log_path=log) as ct:
         print(f"\ncontainer {ct.name} booted in {ct.boot_seconds:.1f}s, log {log}",
               file=sys.stderr)
@@ -287,7 +295,10 @@ def package_host(deb: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         sh(ct, f"useradd -m -s /bin/bash {ALICE} && useradd -m -s /bin/bash {BOB}")
         sh(ct, f"ssh-keygen -q -t ed25519 -N '' -f {SSH_KEY} && d=~{ALICE}/.ssh && "
                f'mkdir -m 700 "$d" && cp {SSH_KEY}.pub "$d/authorized_keys" && '
-               f'chown -R {ALICE}: "$d"')
+               f'chown -R {ALICE}: "$d" && mkdir -p -m 700 /root/.ssh && '
+               f"cp {SSH_KEY}.pub /root/.ssh/authorized_keys")
+        sh(ct, f"echo '{ALICE} ALL=(ALL) NOPASSWD: ALL' > /etc/sudoers.d/pu && "
+               "chmod 440 /etc/sudoers.d/pu")
         # runuser's stack has no common-session: pu_bob's sleep stays in the container's
         # namespace, where a namespaced session must not see it.
         sh(ct, f"setsid runuser -u {BOB} -- sleep 3600 </dev/null >/dev/null 2>&1 &")
@@ -295,7 +306,20 @@ def package_host(deb: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         while (res := ct.run(["pgrep", "-u", BOB, "-x", "sleep"])).returncode != 0:
             assert time.monotonic() < deadline, "pu_bob's sleep did not start"
             time.sleep(0.1)
-        yield PackageHost(ct, pam_d, pam_state, int(res.stdout.split()[0]))
+        bob_pid = int(res.stdout.split()[0])
+        try:
+            yield PackageHost(ct, pam_d, pam_state, bob_pid)
+        finally:
+            # At poweroff, systemd-shutdown sometimes waits for runuser and this sleep until
+            # nspawn gives up (30 s): end them first.
+            ct.run(["kill", "-KILL", str(bob_pid)])
+
+
+@pytest.fixture(scope="module")
+def package_host(deb: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[PackageHost]:
+    """One booted container for this module's install-enable-login tests."""
+    with booted_package_host(deb, tmp_path_factory.mktemp("deb-container") / "nspawn.log") as host:
+        yield host
 
 
 @pytest.fixture()
@@ -442,3 +466,203 @@ def test_no_errors_logged(enabled: PackageHost):
     ct.run([*SSH, "true"], check=True, timeout=60)
     errors = ct.journal(None, "-p", "err")
     assert [ln for ln in errors.splitlines() if re.search(r"pam_(unshare|systemd)", ln)] == []
+
+
+# --------------------------------------------------------------------------- #
+# Removal never leaves a PAM stack naming a missing module (issue 20, item 1)
+# --------------------------------------------------------------------------- #
+
+# Where libpam looks for a module named without a path (Debian's libpam, merged /usr).
+MODULE_DIR = "/lib/x86_64-linux-gnu/security"
+SSH_ROOT = [*SSH[:-1], "root@127.0.0.1"]
+# Every way in that must survive any package operation: su, sudo and ssh, as root and as a user.
+LOGINS = {
+    "su - root": ["su", "-", "root", "-c", "true"],
+    "sudo as root": ["sudo", "-n", "-u", "root", "true"],
+    "ssh root": [*SSH_ROOT, "true"],
+    f"su - {ALICE}": ["su", "-", ALICE, "-c", "true"],
+    f"sudo by {ALICE}": ["su", ALICE, "-c", "sudo -n true"],
+    f"ssh {ALICE}": [*SSH, "true"],
+}
+# A line as an administrator adds by hand: tabs, the module's full path, an option.
+HAND_LINE = f"session\trequired\t/{MODULE} debug\n"
+
+
+def missing_modules(ct: SystemdContainer) -> List[str]:
+    """Lines of any file in /etc/pam.d whose module does not exist: "FILE:LINE: MODULE"."""
+    files = ct.run(["find", "/etc/pam.d", "-type", "f"], check=True).stdout.split()
+    named: Dict[str, List[str]] = {}
+    for path in files:
+        for rule in pamd.parse(ct.read_file(path)).rules:
+            if rule.included is None:
+                module = rule.module if rule.module.startswith("/") else \
+                    f"{MODULE_DIR}/{rule.module}"
+                named.setdefault(module, []).append(f"{path}:{rule.number}: {rule.module}")
+    res = ct.run(["sh", "-c", 'for m; do [ -e "$m" ] || echo "$m"; done', "sh", *named],
+                 check=True)
+    return [where for module in res.stdout.split() for where in named[module]]
+
+
+def assert_everyone_can_log_in(ct: SystemdContainer, after: str) -> None:
+    """su, sudo and ssh as root and as pu_alice all succeed, and no PAM file names a missing
+    module."""
+    missing = missing_modules(ct)
+    failed = {}
+    for name, argv in LOGINS.items():
+        res = ct.run(argv, timeout=60)
+        if res.returncode != 0:
+            failed[name] = f"rc {res.returncode}: {res.stderr.strip()}"
+    assert (missing, failed) == ([], {}), (
+        f"after {after}: PAM lines name missing modules: {missing}; logins that fail: {failed}")
+
+
+CLI_DIR = "/opt/pu-cli"
+CLI = ["env", f"PYTHONPATH={CLI_DIR}", "python3", "-P", "-m", "pam_unshare.cli"]
+
+
+def install_cli(ct: SystemdContainer) -> None:
+    """The installed CLI (the package these tests import) and what it needs at run time (cffi),
+    copied into the container: Debian 12 on both sides, the same Python."""
+    site = Path(pamd.__file__).resolve().parent.parent
+    names = ["pam_unshare", "cffi", "pycparser", *(p.name for p in site.glob("_cffi_backend*"))]
+    archive = io.BytesIO()
+    with tarfile.open(fileobj=archive, mode="w") as tar:
+        for name in names:
+            tar.add(site / name, arcname=name,
+                    filter=lambda info: None if "__pycache__" in info.name else info)
+    ct.run(["mkdir", "-p", CLI_DIR], check=True)
+    ct.run(["tar", "-x", "-C", CLI_DIR], input=archive.getvalue(), check=True)
+
+
+def cli_enable(ct: SystemdContainer, *services: str) -> str:
+    """`pam-unshare enable SERVICE...` in the container, for real."""
+    res = ct.run([*CLI, "enable", *services], timeout=60)
+    assert res.returncode == 0, f"pam-unshare enable failed: {res.stdout}{res.stderr}"
+    return res.stdout + res.stderr
+
+
+def changed_files(host: PackageHost) -> Dict[str, tuple]:
+    """What differs in /etc/pam.d from before the install, but the CLI's backups (new files
+    FILE.pam-unshare.bak, the CLI's and not the package's to remove), which must be FILE's
+    original bytes."""
+    after = snapshot(host.ct, "/etc/pam.d")
+    changed = {k: (host.pam_d.get(k), after.get(k)) for k in host.pam_d.keys() | after.keys()
+               if host.pam_d.get(k) != after.get(k)}
+    for path, (before, now) in list(changed.items()):
+        original = path.removesuffix(pamd.BACKUP_SUFFIX)
+        if path != original and before is None and now == host.pam_d.get(original):
+            del changed[path]
+    return changed
+
+
+@pytest.fixture()
+def fresh_host(deb: Path, tmp_path: Path) -> Iterator[PackageHost]:
+    """A container of its own for each removal path: every one starts from a clean host."""
+    with booted_package_host(deb, tmp_path / "nspawn.log") as host:
+        yield host
+
+
+def test_remove_takes_out_lines_pam_auth_update_does_not_manage(fresh_host: PackageHost):
+    """The profile's line, `pam-unshare enable`'s in sudo and a hand-written one in runuser all
+    go on `apt-get remove`: before, sudo kept naming the deleted module and failed for everyone,
+    root too. Logins are checked after enabling, after remove and after purge."""
+    ct = fresh_host.ct
+    install_cli(ct)
+    sh(ct, f"dpkg -i {DEB_IN_CONTAINER} && pam-auth-update --enable {PROFILE_NAME}")
+    # su and sshd already run the module through common-session: the CLI skips them.
+    cli_enable(ct, "su", "sudo", "sshd")
+    ct.write_file("/etc/pam.d/runuser", (ct.read_file("/etc/pam.d/runuser") + HAND_LINE).encode())
+    res = ct.run(["sudo", "-n", "-u", ALICE, "cat", "/proc/1/comm"], check=True)
+    assert res.stdout == "pam_unshare\n", "the CLI's line in sudo is not live"
+    assert_everyone_can_log_in(ct, "enabling")
+
+    out = ct.run(NONINTERACTIVE + f"apt-get remove -y {PACKAGE} 2>&1", timeout=120)
+    assert out.returncode == 0, out.stdout
+    assert package_status(ct) == "not-installed"
+    assert_everyone_can_log_in(ct, "apt-get remove")
+    assert changed_files(fresh_host) == {}, "/etc/pam.d is not as it was before the install"
+    # The admin is told which lines went.
+    assert "/etc/pam.d/sudo:" in out.stdout and "/etc/pam.d/runuser:" in out.stdout, out.stdout
+    # Nothing is left for purge to do (no conffiles: apt no longer knows the package), and
+    # nothing it does locks anyone out.
+    sh(ct, f"dpkg -P {PACKAGE}")
+    assert_everyone_can_log_in(ct, "dpkg -P")
+    assert changed_files(fresh_host) == {}
+
+
+def test_purge_with_locally_modified_common_session(fresh_host: PackageHost):
+    """pam-auth-update leaves a locally modified common-session alone ("Local modifications
+    ..., not updating", exit 0); the package's own line must go all the same, and only it."""
+    ct = fresh_host.ct
+    sh(ct, f"dpkg -i {DEB_IN_CONTAINER} && pam-auth-update --enable {PROFILE_NAME}")
+    # A line in the block pam-auth-update manages that no profile of its own wrote.
+    end = "# end of pam-auth-update config\n"
+    edited = ct.read_file("/etc/pam.d/common-session").replace(
+        end, "session\toptional\tpam_umask.so\n" + end)
+    assert "pam_umask" in edited
+    ct.write_file("/etc/pam.d/common-session", edited.encode())
+
+    out = ct.run(NONINTERACTIVE + f"apt-get purge -y {PACKAGE} 2>&1", timeout=120)
+    assert out.returncode == 0, out.stdout
+    assert "Local modifications to /etc/pam.d/common-*, not updating" in out.stdout, out.stdout
+    assert_everyone_can_log_in(ct, "apt-get purge with a locally modified common-session")
+    expected = pamd.without_session_line(edited)
+    assert "pam_unshare" not in expected
+    assert ct.read_file("/etc/pam.d/common-session") == expected
+    assert set(changed_files(fresh_host)) == {"/etc/pam.d/common-session"}
+
+
+def repacked_with_version(deb: Path, version: str, out: Path) -> Path:
+    """DEB with another version in its control file: a real upgrade for dpkg, without a second
+    build."""
+    tree = out / "tree"
+    subprocess.run(["dpkg-deb", "-R", str(deb), str(tree)], check=True)
+    control = tree / "DEBIAN" / "control"
+    text = re.sub(r"^Version: .*$", f"Version: {version}", control.read_text(), flags=re.M)
+    control.write_text(text)
+    path = out / f"{PACKAGE}_{version}_amd64.deb"
+    subprocess.run(["dpkg-deb", "--root-owner-group", "-b", str(tree), str(path)], check=True,
+                   capture_output=True)
+    return path
+
+
+def test_upgrade_and_reinstall_keep_the_lines(fresh_host: PackageHost, deb: Path,
+                                              tmp_path: Path):
+    """Upgrade and reinstall run prerm with "upgrade": every line stays, the new module is in
+    place, logins work; the purge afterwards still leaves /etc/pam.d as it was."""
+    ct = fresh_host.ct
+    newer = repacked_with_version(deb, debian_version(project_version()) + "+1", tmp_path)
+    ct.write_file("/root/newer.deb", newer.read_bytes())
+    install_cli(ct)
+    sh(ct, f"dpkg -i {DEB_IN_CONTAINER} && pam-auth-update --enable {PROFILE_NAME}")
+    cli_enable(ct, "sudo")
+    enabled = snapshot(ct, "/etc/pam.d")
+    for step in ("dpkg -i /root/newer.deb", "dpkg -i /root/newer.deb"):  # upgrade, reinstall
+        sh(ct, step)
+        assert snapshot(ct, "/etc/pam.d") == enabled, f"{step} changed /etc/pam.d"
+        assert_everyone_can_log_in(ct, step)
+        res = ct.run(["su", "-", ALICE, "-c", "cat /proc/1/comm"], check=True)
+        assert res.stdout == "pam_unshare\n", f"after {step} the profile is no longer live"
+    sh(ct, f"apt-get purge -y {PACKAGE}")
+    assert_everyone_can_log_in(ct, "apt-get purge after the upgrade")
+    assert changed_files(fresh_host) == {}
+
+
+def test_removal_refused_for_lines_it_will_not_edit(fresh_host: PackageHost):
+    """A PAM file that is a symlink out of /etc/pam.d is not rewritten: the removal is refused
+    before anything changes, naming the line; once it is gone, the removal goes through."""
+    ct = fresh_host.ct
+    sh(ct, f"dpkg -i {DEB_IN_CONTAINER} && pam-auth-update --enable {PROFILE_NAME}")
+    sh(ct, "cp /etc/pam.d/sudo /root/pu-linked && echo 'session required pam_unshare.so' "
+           ">> /root/pu-linked && ln -s /root/pu-linked /etc/pam.d/pu-linked")
+    enabled = snapshot(ct, "/etc/pam.d")
+    out = ct.run(NONINTERACTIVE + f"apt-get remove -y {PACKAGE} 2>&1", timeout=120)
+    assert out.returncode != 0, "apt-get remove went through with a line naming the module " \
+        "in /etc/pam.d/pu-linked, a symlink out of /etc/pam.d"
+    assert "/etc/pam.d/pu-linked -> /root/pu-linked:" in out.stdout, out.stdout
+    assert package_status(ct) == "installed"
+    assert snapshot(ct, "/etc/pam.d") == enabled
+    assert_everyone_can_log_in(ct, "a refused removal")
+    sh(ct, f"rm /etc/pam.d/pu-linked && apt-get remove -y {PACKAGE}")
+    assert_everyone_can_log_in(ct, "apt-get remove")
+    assert changed_files(fresh_host) == {}
