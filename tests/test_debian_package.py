@@ -39,6 +39,7 @@ PROFILE_NAME = "pam-unshare"
 MODULE = "usr/lib/x86_64-linux-gnu/security/pam_unshare.so"
 PROFILE = f"usr/share/pam-configs/{PROFILE_NAME}"
 MANPAGE = "usr/share/man/man8/pam_unshare.8.gz"
+DBUS_POLICY = "usr/share/dbus-1/system.d/pam-unshare.conf"
 # Everything the man page must cover (the list).
 MAN_SECTIONS = ("NAME", "SYNOPSIS", "DESCRIPTION", "OPTIONS", "MODULE TYPES PROVIDED",
                 "RETURN VALUES", "EXAMPLES", "ORDERING", "SECURITY NOTES", "FILES", "SEE ALSO")
@@ -131,6 +132,8 @@ def test_deb_contents(deb: Path, unpacked: Path):
     assert entries[MODULE] == ("-rw-r--r--", "root/root"), listing
     assert entries[MANPAGE] == ("-rw-r--r--", "root/root"), listing
     assert entries[PROFILE] == ("-rw-r--r--", "root/root"), listing
+    # Under /usr/share, not /etc: a package's D-Bus policy, gone with the package on remove.
+    assert entries[DBUS_POLICY] == ("-rw-r--r--", "root/root"), listing
     # The module is the only binary: the init is embedded, the CLI is not in this package.
     files = [name for name, (mode, _) in entries.items() if mode.startswith("-")]
     assert [f for f in files if "/bin/" in f or f.endswith(".so")] == [MODULE], listing
@@ -187,7 +190,8 @@ def test_maintainer_scripts(unpacked: Path):
     assert re.search(r"^\s*pam-auth-update --package$", postinst, re.M), postinst
     assert re.search(r"^\s*pam-auth-update --package --remove pam-unshare$", prerm, re.M), prerm
     assert '"$1" = remove' in prerm, prerm
-    assert not (unpacked / "DEBIAN" / "postrm").exists()
+    postrm = (unpacked / "DEBIAN" / "postrm").read_text()
+    assert "ReloadConfig" in postrm and "ReloadConfig" in postinst
     assert not (unpacked / "DEBIAN" / "conffiles").exists()
 
 
