@@ -334,8 +334,14 @@ static void arrange_fds(struct init_fds *given)
 
     for (int i = 0; i < N; i++) {
         int old = *fds[i];
-        if (old < 0 || old == targets[i])
+        if (old < 0)
             continue;
+        if (old == targets[i]) {
+            /* Already in place, but still close-on-exec from pipe2 or open: the init needs it. */
+            if (targets[i] != PU_INIT_PROGRAM_FD && fcntl(old, F_SETFD, 0) < 0)
+                child_failed(given->ready, STEP_MOVE_FDS);
+            continue;
+        }
         for (int j = 0; j < N; j++) {
             if (j != i && *fds[j] == targets[i]) {
                 int moved = fcntl(*fds[j], F_DUPFD_CLOEXEC, 0);
