@@ -18,7 +18,7 @@ from conftest import require_tools
 
 from hardening.attacker import (
     as_user,
-    inits_of,
+    init_of_user,
     release,
     run_as,
     su_for_users,
@@ -202,13 +202,14 @@ def test_the_calling_user_cannot_signal_the_session_init(pam_sandbox, users, cal
         try:
             assert held.stdout is not None
             assert held.stdout.readline().strip() == "READY", held.stderr
-            init = wait_for(lambda: inits_of(bob), what="bob's session")[0].init
-            assert init.uids == (0, 0, 0, 0), f"the init runs with uids {init.uids}"
+            init = wait_for(lambda: init_of_user(bob), what="bob's session")
             attempt = run_as(alice, f"kill -STOP {init.pid}; echo rc=$?")
             state = Path(f"/proc/{init.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
             assert "rc=1" in attempt.stdout and state != "T", (
                 f"{users.alice} stopped the init of the session she opened through {caller}: "
                 f"{attempt.stdout!r} {attempt.stderr!r}, state {state}")
+            assert init.uids == (0, 0, 0, 0), f"the init runs with uids {init.uids}"
+            assert init.is_session_init
         finally:
             if init is not None:
                 os.kill(init.pid, signal.SIGCONT)
