@@ -732,8 +732,13 @@ static int start_counted(const struct pu_options *opts, uid_t uid, struct pu_ses
     return start_namespace(opts, NULL, slot, session, why);
 }
 
-int pu_session_start(const struct pu_options *opts, uid_t uid, struct pu_session *session,
-                     struct pu_failure *why)
+typedef int starter(const struct pu_options *opts, uid_t uid, struct pu_session *session,
+                    struct pu_failure *why);
+
+/* Both ways in: room for the caller's descriptors, the user's limits checked, START, and the
+ * caller's RLIMIT_NOFILE as the user left it. */
+static int start_within_limits(starter *start, const struct pu_options *opts, uid_t uid,
+                               struct pu_session *session, struct pu_failure *why)
 {
     struct saved_nofile nofile;
     int rc;
@@ -742,9 +747,15 @@ int pu_session_start(const struct pu_options *opts, uid_t uid, struct pu_session
     raise_nofile(&nofile);
     rc = check_user_limits(why);
     if (rc == 0)
-        rc = start_counted(opts, uid, session, why);
+        rc = start(opts, uid, session, why);
     restore_nofile(&nofile);
     return rc;
+}
+
+int pu_session_start(const struct pu_options *opts, uid_t uid, struct pu_session *session,
+                     struct pu_failure *why)
+{
+    return start_within_limits(start_counted, opts, uid, session, why);
 }
 
 /* ---- scope=user ------------------------------------------------------------------------------ */
@@ -858,16 +869,7 @@ static int start_user_locked(const struct pu_options *opts, uid_t uid, struct pu
 int pu_session_start_user(const struct pu_options *opts, uid_t uid, struct pu_session *session,
                           struct pu_failure *why)
 {
-    struct saved_nofile nofile;
-    int rc;
-
-    init_session(session, opts);
-    raise_nofile(&nofile);
-    rc = check_user_limits(why);
-    if (rc == 0)
-        rc = start_user_locked(opts, uid, session, why);
-    restore_nofile(&nofile);
-    return rc;
+    return start_within_limits(start_user_locked, opts, uid, session, why);
 }
 
 int pu_session_end(struct pu_session *session, struct pu_failure *why)
