@@ -18,7 +18,8 @@ and each first puts the fleet in the state it starts from:
 - an upgrade self-tests the new module before installing it, and a failed upgrade goes back to
   the version that was installed;
 - a run killed half-way is undone by the on-host timer, which leaves a concurrent apt run's
-  new conffile in /etc/pam.d alone;
+  new conffile in /etc/pam.d alone; when the timer is gone (a reboot), by the next run before
+  it takes its own snapshot;
 - the isolation suite runs across the inventory in parallel (testinfra's ansible backend).
 """
 
@@ -455,6 +456,27 @@ def test_interrupted_run_is_undone_by_the_on_host_timer(fleet: Fleet, tmp_path: 
         assert session_view(fleet, name, "su").get(1) == "systemd"
     finally:
         fleet.run(name, "dpkg --purge pu-concurrent; rm -f /root/pu-concurrent.deb", timeout=120)
+
+
+def test_next_run_undoes_an_interrupted_run_before_its_own_snapshot(fleet: Fleet):
+    """A reboot drops the transient timer before it fired: the next run finds the rollback that
+    never ran and runs it before it takes the host as its baseline."""
+    name = fleet.names[-1]
+    uninstall(fleet, name)
+    fleet.playbook_killed_at("The module's options on its line in common-session",
+                             extra_vars={}, limit=name)
+    assert pam_lines(fleet, name, "common-session") == [COMMON_LINE]
+    # What a reboot does to a transient timer.
+    res = fleet.run(name, ["systemctl", "stop", f"{GUARD_UNIT}.timer"])
+    assert res.returncode == 0, res.stderr
+    run = fleet.playbook(extra_vars={"pam_unshare_enabled": False}, limit=name)
+    assert_all_ok(run, [name])
+    assert "restored from the snapshot of an interrupted run" in run.output, run.tail()
+    assert "dpkg --purge libpam-unshare" in run.output, run.tail()
+    assert fleet.digest(name) == fleet.pristine[name]
+    assert fleet.run(name, ["dpkg-query", "-W", "libpam-unshare"]).returncode != 0
+    leftovers = fleet.run(name, "ls /var/lib/pam-unshare-role").stdout.split()
+    assert leftovers == [], leftovers
 
 
 def test_isolation_suite_across_the_fleet(fleet: Fleet):
