@@ -261,23 +261,22 @@ def test_command(argv: List[str]) -> Dict[str, Any]:
 
 
 def main(argv: List[str]) -> int:
-    if not argv or argv[0] not in ("load", "pam", "su", "sudo") or (argv[0] != "load"
-                                                                    and len(argv) < 2) or (
-            argv[0] == "pam" and len(argv) < 3 and argv[1].startswith("--module=")):
-        print(__doc__, file=sys.stderr)
-        return 2
-    test, args = argv[0], argv[1:]
+    test, args = (argv[0], argv[1:]) if argv else ("", [])
     module = None
     if args and args[0].startswith("--module="):
         module, args = args[0][len("--module="):], args[1:]
+    if test not in ("load", "pam", "su", "sudo") or (test != "load" and not args) or (
+            module is not None and test in ("su", "sudo")):
+        print(__doc__, file=sys.stderr)
+        return 2
     if test == "load":
         result = test_load(module)
-    elif test == "pam" and args:
+    elif test == "pam":
         result = test_pam(args[0], args[1:], module)
-    elif test == "su":
-        result = test_command(["su", "-s", "/bin/sh", "-c", PROBE, args[0]])
+    elif test == "su":  # the account after --: never read as an option
+        result = test_command(["su", "-s", "/bin/sh", "-c", PROBE, "--", args[0]])
     else:
-        result = test_command(["sudo", "-n", "-u", args[0], "/bin/sh", "-c", PROBE])
+        result = test_command(["sudo", "-n", "-u", args[0], "--", "/bin/sh", "-c", PROBE])
     result["test"] = test
     print(json.dumps(result, sort_keys=True))
     return 1 if result["ok"] is False else 0
