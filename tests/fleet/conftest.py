@@ -2,16 +2,20 @@
 booted once per test session, and a way to run packaging/ansible/site.yml against them.
 
 The hosts answer Ansible on their admin sshd (port 2222, UsePAM no), never through an sshd whose
-sessions the module namespaces. ansible-core is the test extra's (ansible-playbook next to this
-Python); no collection is installed or downloaded: the role uses ansible.builtin only.
+sessions the module namespaces: as root, or as BECOME_USER, an account of its own that becomes
+root through sudo (Ansible's become), whose stack /etc/pam.d/sudo is one the role changes.
+ansible-core is the test extra's (ansible-playbook next to this Python); no collection is
+installed or downloaded: the role uses ansible.builtin only.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -31,6 +35,22 @@ ANSIBLE_DIR = ROOT / "packaging" / "ansible"
 PLAYBOOK = ANSIBLE_DIR / "site.yml"
 HOSTS = ("pu-fleet-1", "pu-fleet-2", "pu-fleet-3")
 GROUP = "pam_unshare"
+# Logs in with the admin key and becomes root through sudo without a password.
+BECOME_USER = "pu_admin"
+BECOME_VARS = {"ansible_user": BECOME_USER, "ansible_become": True,
+               "ansible_become_method": "sudo"}
+# Its password field is "*" (no password, not locked): with UsePAM no, sshd refuses a key login
+# to an account whose password field starts with "!".
+ADD_BECOME_USER = f"""
+getent passwd {BECOME_USER} >/dev/null || useradd -m -u 62020 -U -s /bin/sh {BECOME_USER}
+usermod -p '*' {BECOME_USER}
+install -d -m 700 -o {BECOME_USER} -g {BECOME_USER} /home/{BECOME_USER}/.ssh
+install -m 600 -o {BECOME_USER} -g {BECOME_USER} /root/admin.pub \
+    /home/{BECOME_USER}/.ssh/authorized_keys
+printf '%s ALL=(ALL:ALL) NOPASSWD: ALL\n' {BECOME_USER} > /etc/sudoers.d/{BECOME_USER}
+chmod 440 /etc/sudoers.d/{BECOME_USER}
+visudo -c -q
+"""
 PLAYBOOK_TIMEOUT = 600
 RECAP = re.compile(r"^(\S+)\s+:\s+ok=(\d+)\s+changed=(\d+)\s+unreachable=(\d+)\s+failed=(\d+)"
                    r"\s+skipped=(\d+)\s+rescued=(\d+)\s+ignored=(\d+)", re.M)
@@ -138,6 +158,41 @@ class Fleet:
               file=sys.stderr)
         return run
 
+    def playbook_killed_at(self, task: str, *, extra_vars: Mapping[str, Any],
+                           limit: str) -> PlaybookRun:
+        """ansible-playbook as in playbook(), killed (SIGKILL, its whole process group: what a
+        dying controller or a lost connection does to a run) as soon as it starts TASK."""
+        argv = [str(self.ansible_playbook), "-i", str(self.inventory), str(PLAYBOOK),
+                "-e", json.dumps(dict(extra_vars)), "--limit", limit]
+        env = dict(self.env, PYTHONUNBUFFERED="1")
+        started = time.monotonic()
+        marker = f"TASK [pam_unshare : {task}]"
+        lines: List[str] = []
+        with subprocess.Popen(argv, cwd=ANSIBLE_DIR, env=env, stdin=subprocess.DEVNULL,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                              start_new_session=True) as proc:
+            assert proc.stdout is not None
+            try:
+                for line in proc.stdout:
+                    lines.append(line)
+                    if line.startswith(marker):
+                        os.killpg(proc.pid, signal.SIGKILL)
+                        break
+                    if time.monotonic() - started > PLAYBOOK_TIMEOUT:
+                        break
+            finally:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+        run = PlaybookRun(argv, proc.returncode, "".join(lines), time.monotonic() - started)
+        self.runs.append(run)
+        log = self.workdir / f"playbook-{len(self.runs):02d}.log"
+        log.write_text(" ".join(argv) + "\n\n" + run.output)
+        print(f"\nansible-playbook {limit} {extra_vars}: killed at {task!r}: "
+              f"{run.seconds:.1f} s ({log})", file=sys.stderr)
+        assert lines and lines[-1].startswith(marker), f"never reached {task!r}:\n{run.tail()}"
+        return run
+
     def run(self, name: str, cmd: Sequence[str] | str,
             timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
         """CMD as root inside host NAME (nsenter: not through any PAM stack)."""
@@ -167,6 +222,9 @@ def fleet(deb: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet
             tiers.append(tier)
         fleet = Fleet(workdir, deb, tiers)
         fleet.write_inventory()
+        for name in fleet.names:
+            res = fleet.run(name, ADD_BECOME_USER)
+            assert res.returncode == 0, f"{BECOME_USER} on {name}: {res.stderr}"
         for name in fleet.names:
             fleet.pristine[name] = fleet.digest(name)
         yield fleet

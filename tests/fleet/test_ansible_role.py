@@ -11,7 +11,15 @@ and each first puts the fleet in the state it starts from:
 - pam-auth-update keeps the options the role wrote (another package's postinst, a reinstall);
 - pam_unshare_enabled: false gives every host its /etc/pam.d back, byte for byte;
 - a host without CAP_SYS_ADMIN fails its self-test, is rolled back to exactly what it was and
-  reported failed, while the other two are enabled;
+  reported failed, while the other two are enabled; also when Ansible connects as an account that
+  becomes root through sudo, whose stack the rollback must keep working;
+- names with a trailing newline or a leading '-' are refused before anything changes;
+- a package directory another user owns is refused (that user swaps the .deb otherwise);
+- an upgrade self-tests the new module before installing it, and a failed upgrade goes back to
+  the version that was installed;
+- a run killed half-way is undone by the on-host timer, which leaves a concurrent apt run's
+  new conffile in /etc/pam.d alone; when the timer is gone (a reboot), by the next run before
+  it takes its own snapshot;
 - the isolation suite runs across the inventory in parallel (testinfra's ansible backend).
 """
 
@@ -21,12 +29,13 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Dict, List
 
 from helpers.debian_package import ROOT
 from hosts.tiers import ADMIN_PORT, wait_for_port
 
-from fleet.conftest import Fleet, PlaybookRun
+from fleet.conftest import BECOME_VARS, Fleet, PlaybookRun
 
 SUDO_LINE = "session\trequired\tpam_unshare.so"
 COMMON_LINE = "session\trequired\tpam_unshare.so "  # as pam-auth-update writes it
@@ -229,12 +238,14 @@ def test_broken_host_is_rolled_back_and_the_others_enabled(fleet: Fleet):
     drop_cap_sys_admin(fleet, BROKEN, True)
     try:
         before = fleet.digest(BROKEN, "/etc/pam.d", "/var/lib/pam")
-        # The default: the session through the test's own PAM service fails before any stack
-        # changes; the package this run installed goes again.
+        dpkg_log = fleet.run(BROKEN, ["cat", "/var/log/dpkg.log"]).stdout
+        # The default: the session through the test's own PAM service, with the module from the
+        # extracted package, fails before the package is installed or any stack changes.
         run = fleet.playbook()
         assert_rolled_back(fleet, run, before)
-        assert "Self-test: pam" in run.output
-        assert "dpkg --purge libpam-unshare" in run.output
+        assert '"Self-test: pam, verdict" failed' in run.output, run.tail()
+        assert "dpkg --purge libpam-unshare" not in run.output, run.tail()
+        assert fleet.run(BROKEN, ["cat", "/var/log/dpkg.log"]).stdout == dpkg_log
         for name in fleet.names:
             if name != BROKEN:
                 assert run.stats(name)["failed"] == 0, (name, run.tail())
@@ -242,14 +253,230 @@ def test_broken_host_is_rolled_back_and_the_others_enabled(fleet: Fleet):
                 assert_namespaced(fleet, name, ("su",))
 
         # Without that first test the real su session fails after pam-auth-update enabled the
-        # profile and the sudo line went in: all of it is undone.
-        run = fleet.playbook(extra_vars={"pam_unshare_selftest_before_enable": False},
-                             limit=BROKEN)
+        # profile and the sudo line went in: all of it is undone. Ansible connects as an account
+        # that becomes root through sudo: the PAM files must come back before the package goes,
+        # or sudo names a module that is gone and every later step of the rollback fails.
+        run = fleet.playbook(extra_vars={"pam_unshare_selftest_before_enable": False,
+                                         **BECOME_VARS}, limit=BROKEN)
         assert_rolled_back(fleet, run, before)
         assert '"Self-test: su, verdict" failed' in run.output, run.tail()
         assert "pam-auth-update --disable pam-unshare" in run.output, run.tail()
+        assert "dpkg --purge libpam-unshare" in run.output, run.tail()
+        # sudo works as it did: the connection's own become, one more time.
+        res = fleet.run(BROKEN, ["setpriv", "--reuid=pu_admin", "--regid=pu_admin",
+                                 "--init-groups", "sudo", "-n", "true"])
+        assert res.returncode == 0, res.stderr
     finally:
         drop_cap_sys_admin(fleet, BROKEN, False)
+
+
+def test_names_with_a_newline_or_a_leading_dash_are_refused(fleet: Fleet):
+    """Python's "$" matches before a final newline: a name "pu_carol\n" passed the check and
+    wrote a stray line into common-session. A name that looks like an option reached commands
+    as one (id -Gn --help printed its help and passed for an account that exists)."""
+    name = fleet.names[0]
+    before = fleet.digest(name, "/etc/pam.d", "/var/lib/pam")
+    cases = [
+        ({"pam_unshare_exempt_users": ["root", "pu_carol\n"]},
+         "pam_unshare_exempt_users must be a list of user or group names"),
+        ({"pam_unshare_services": ["su", "sudo\n"]},
+         "pam_unshare_services must be a list of PAM service names"),
+        ({"pam_unshare_selftest_user": "--help"}, "which does not exist on this host"),
+    ]
+    for extra_vars, message in cases:
+        run = fleet.playbook(extra_vars=extra_vars, limit=name)
+        assert run.returncode != 0 and message in run.output, (extra_vars, run.tail())
+        assert run.stats(name)["changed"] == 0, (extra_vars, run.tail())
+        assert fleet.digest(name, "/etc/pam.d", "/var/lib/pam") == before, extra_vars
+
+
+def derived_deb(deb: Path, out: Path, suffix: str, *, module: bytes | None = None,
+                postinst: str | None = None) -> Path:
+    """DEB again with version VERSION+SUFFIX: optionally another module file, or a line put in
+    front of its postinst's code."""
+    tree = out / f"tree-{suffix}"
+    subprocess.run(["dpkg-deb", "-R", str(deb), str(tree)], check=True)
+    control = tree / "DEBIAN" / "control"
+    version = next(line.split(": ", 1)[1] for line in control.read_text().splitlines()
+                   if line.startswith("Version: "))
+    control.write_text(control.read_text().replace(f"Version: {version}\n",
+                                                   f"Version: {version}+{suffix}\n"))
+    if module is not None:
+        (so,) = tree.glob("usr/lib/*/security/pam_unshare.so")
+        so.write_bytes(module)
+    if postinst is not None:
+        script = tree / "DEBIAN" / "postinst"
+        text = script.read_text()
+        script.write_text(text.replace("set -e\n", f"set -e\n{postinst}\n", 1))
+    path = out / f"libpam-unshare_{version}+{suffix}_amd64.deb"
+    subprocess.run(["dpkg-deb", "--root-owner-group", "-b", str(tree), str(path)], check=True,
+                   capture_output=True)
+    return path
+
+
+def installed(fleet: Fleet, name: str) -> str:
+    return fleet.run(name, ["dpkg-query", "--show", "--showformat=${db:Status-Abbrev}${Version}",
+                            "libpam-unshare"]).stdout
+
+
+def test_package_directory_of_another_user_is_refused(fleet: Fleet, tmp_path: Path):
+    """pu_alice owns the directory root installs the package from: she replaces the .deb root
+    just copied there with her own, whose postinst root runs."""
+    name = fleet.names[0]
+    assert_all_ok(fleet.playbook(limit=name), [name])
+    version = installed(fleet, name)
+    evil = derived_deb(fleet.deb, tmp_path, "evil", postinst="touch /pu-evil-ran")
+    container = fleet.tiers[name].container
+    assert container is not None
+    container.write_file("/home/pu_alice/evil.deb", evil.read_bytes())
+    target = f"/var/cache/pam-unshare/{fleet.deb.name}"
+    swap = (f"while :; do cmp -s /home/pu_alice/evil.deb {target} || "
+            f"{{ cp /home/pu_alice/evil.deb /var/cache/pam-unshare/.x && "
+            f"mv -f /var/cache/pam-unshare/.x {target}; }}; sleep 0.05; done")
+    res = fleet.run(name, "chown -R pu_alice: /var/cache/pam-unshare /home/pu_alice/evil.deb && "
+                          "setsid timeout 300 setpriv --reuid=pu_alice --regid=pu_alice "
+                          f"--init-groups sh -c '{swap}' >/dev/null 2>&1 < /dev/null & "
+                          "echo $!")
+    assert res.returncode == 0, res.stderr
+    swapper = res.stdout.strip()
+    try:
+        run = fleet.playbook(limit=name)
+        assert fleet.run(name, ["test", "-e", "/pu-evil-ran"]).returncode != 0, \
+            "root ran the postinst of pu_alice's package"
+        assert installed(fleet, name) == version
+        assert run.returncode != 0, run.tail()
+        assert "Refusing to install from pam_unshare_deb_dir /var/cache/pam-unshare" in \
+            run.output and "owner pu_alice" in run.output, run.tail()
+        assert run.stats(name)["changed"] == 0, run.tail()
+    finally:
+        fleet.run(name, f"kill {swapper}; rm -f /pu-evil-ran /home/pu_alice/evil.deb; "
+                        "chown -R root:root /var/cache/pam-unshare")
+        container.write_file(target, fleet.deb.read_bytes())
+        if installed(fleet, name) != version:
+            fleet.run(name, ["dpkg", "-i", target], timeout=120)
+    assert installed(fleet, name) == version
+
+
+def test_upgrade_tests_the_new_module_first_and_goes_back_on_failure(fleet: Fleet,
+                                                                      tmp_path: Path):
+    name = fleet.names[0]
+    assert_all_ok(fleet.playbook(limit=name), [name])
+    version = installed(fleet, name)
+    assert version.startswith("ii "), version
+    before = fleet.digest(name, "/etc/pam.d", "/var/lib/pam")
+    log_before = len(fleet.run(name, ["cat", "/var/log/dpkg.log"]).stdout.splitlines())
+    # A module that does not load: installed, it would fail every stack that names it at once.
+    broken = derived_deb(fleet.deb, tmp_path, "broken", module=b"not an ELF file\n")
+    # A working module whose postinst fails: dpkg has unpacked it (the new module is live) and
+    # left the package half-configured.
+    failing = derived_deb(fleet.deb, tmp_path, "failing", postinst="exit 1")
+    try:
+        run = fleet.playbook(extra_vars={"pam_unshare_deb": str(broken)}, limit=name)
+        assert run.returncode != 0 and run.stats(name)["rescued"] == 1, run.tail()
+        assert '"Self-test: load, verdict" failed' in run.output, run.tail()
+        assert "The host is as it was." in run.output, run.tail()
+        assert installed(fleet, name) == version
+        log = fleet.run(name, ["cat", "/var/log/dpkg.log"]).stdout.splitlines()[log_before:]
+        assert not [line for line in log if "+broken" in line], log
+        assert fleet.digest(name, "/etc/pam.d", "/var/lib/pam") == before
+        assert_namespaced(fleet, name)
+
+        run = fleet.playbook(extra_vars={"pam_unshare_deb": str(failing)}, limit=name)
+        assert run.returncode != 0 and run.stats(name)["rescued"] == 1, run.tail()
+        assert "Install the package" in run.output, run.tail()
+        assert f"libpam-unshare {version[3:]} reinstalled" in run.output, run.tail()
+        assert "The host is as it was." in run.output, run.tail()
+        assert installed(fleet, name) == version
+        assert fleet.digest(name, "/etc/pam.d", "/var/lib/pam") == before
+        assert_namespaced(fleet, name)
+    finally:
+        fleet.run(name, "rm -f /var/cache/pam-unshare/*+broken_* "
+                        "/var/cache/pam-unshare/*+failing_*")
+        if installed(fleet, name) != version:
+            fleet.run(name, f"dpkg -i /var/cache/pam-unshare/{fleet.deb.name}", timeout=120)
+
+
+GUARD_SECONDS = 45
+GUARD_UNIT = "pam-unshare-rollback-guard"
+
+
+def concurrent_deb(out: Path) -> Path:
+    """A package with a conffile in /etc/pam.d, for an apt run next to the role's."""
+    tree = out / "pu-concurrent"
+    (tree / "DEBIAN").mkdir(parents=True)
+    (tree / "etc" / "pam.d").mkdir(parents=True)
+    (tree / "etc" / "pam.d" / "pu-concurrent").write_text("@include common-auth\n")
+    (tree / "DEBIAN" / "conffiles").write_text("/etc/pam.d/pu-concurrent\n")
+    (tree / "DEBIAN" / "control").write_text(
+        "Package: pu-concurrent\nVersion: 1\nArchitecture: all\n"
+        "Maintainer: pam-unshare tests <root@localhost>\n"
+        "Description: a PAM service file installed while the role runs\n")
+    path = out / "pu-concurrent_1_all.deb"
+    subprocess.run(["dpkg-deb", "--root-owner-group", "-b", str(tree), str(path)], check=True,
+                   capture_output=True)
+    return path
+
+
+def test_interrupted_run_is_undone_by_the_on_host_timer(fleet: Fleet, tmp_path: Path):
+    """The controller dies after the profile went in: the host is half-applied, and the next run
+    would take that as the state to roll back to. The timer the run armed puts it back; a
+    package apt installed in the meantime keeps its new file in /etc/pam.d."""
+    name = fleet.names[-1]
+    uninstall(fleet, name)
+    run = fleet.playbook_killed_at(
+        "The module's options on its line in common-session",
+        extra_vars={"pam_unshare_guard_seconds": GUARD_SECONDS}, limit=name)
+    killed = time.monotonic()
+    assert pam_lines(fleet, name, "common-session") == [COMMON_LINE], run.tail()
+    container = fleet.tiers[name].container
+    assert container is not None
+    container.write_file("/root/pu-concurrent.deb", concurrent_deb(tmp_path).read_bytes())
+    try:
+        res = fleet.run(name, "DEBIAN_FRONTEND=noninteractive dpkg -i /root/pu-concurrent.deb",
+                        timeout=120)
+        assert res.returncode == 0, res.stderr
+        conffile = "/etc/pam.d/pu-concurrent"
+        added = {conffile: fleet.digest(name)[conffile]}
+        deadline = killed + GUARD_SECONDS + 60
+        while fleet.run(name, ["systemctl", "--quiet", "is-active",
+                               f"{GUARD_UNIT}.timer"]).returncode == 0:
+            assert time.monotonic() < deadline, "the safety net timer never fired"
+            time.sleep(2)
+        while fleet.run(name, ["systemctl", "--quiet", "is-active",
+                               f"{GUARD_UNIT}.service"]).returncode == 0:
+            assert time.monotonic() < deadline, "the safety net is still running"
+            time.sleep(1)
+        print(f"\nsafety net done {time.monotonic() - killed:.1f} s after the kill",
+              file=sys.stderr)
+        assert pam_lines(fleet, name, "common-session") == [], \
+            fleet.run(name, ["journalctl", "-q", "-u", f"{GUARD_UNIT}.service"]).stdout
+        assert fleet.digest(name) == {**fleet.pristine[name], **added}
+        assert fleet.run(name, ["dpkg-query", "-W", "libpam-unshare"]).returncode != 0
+        assert fleet.run(name, ["dpkg", "--verify", "pu-concurrent"]).returncode == 0
+        assert session_view(fleet, name, "su").get(1) == "systemd"
+    finally:
+        fleet.run(name, "dpkg --purge pu-concurrent; rm -f /root/pu-concurrent.deb", timeout=120)
+
+
+def test_next_run_undoes_an_interrupted_run_before_its_own_snapshot(fleet: Fleet):
+    """A reboot drops the transient timer before it fired: the next run finds the rollback that
+    never ran and runs it before it takes the host as its baseline."""
+    name = fleet.names[-1]
+    uninstall(fleet, name)
+    fleet.playbook_killed_at("The module's options on its line in common-session",
+                             extra_vars={}, limit=name)
+    assert pam_lines(fleet, name, "common-session") == [COMMON_LINE]
+    # What a reboot does to a transient timer.
+    res = fleet.run(name, ["systemctl", "stop", f"{GUARD_UNIT}.timer"])
+    assert res.returncode == 0, res.stderr
+    run = fleet.playbook(extra_vars={"pam_unshare_enabled": False}, limit=name)
+    assert_all_ok(run, [name])
+    assert "restored from the snapshot of an interrupted run" in run.output, run.tail()
+    assert "dpkg --purge libpam-unshare" in run.output, run.tail()
+    assert fleet.digest(name) == fleet.pristine[name]
+    assert fleet.run(name, ["dpkg-query", "-W", "libpam-unshare"]).returncode != 0
+    leftovers = fleet.run(name, "ls /var/lib/pam-unshare-role").stdout.split()
+    assert leftovers == [], leftovers
 
 
 def test_isolation_suite_across_the_fleet(fleet: Fleet):

@@ -7,8 +7,20 @@
                                            are replaced one by one (a temporary file in the same
                                            directory, then a rename), files added since are
                                            removed; nothing else is touched
+  pam_snapshot.py rollback ARCHIVE --purge | --previous DEB VERSION | --keep  PATH...
+                                           the role's rollback (its rescue and its on-host safety
+                                           net run this same command), in the order that keeps
+                                           every PAM stack's modules on disk: --purge (nothing was
+                                           installed before) restores PATHs first and then purges
+                                           libpam-unshare; --previous (VERSION was installed
+                                           before) first reinstalls DEB unless VERSION is what is
+                                           installed, then restores; --keep only restores
 
-Prints one JSON object: {"changed": bool, "paths": [paths written or removed]}.
+The role passes the PAM files it and pam-auth-update write, one by one, never a whole
+directory: a restore must not delete or rewrite what a concurrent apt run put into /etc/pam.d.
+
+Prints one JSON object: {"changed": bool, "paths": [paths written or removed]} (rollback adds
+"package": what it did to libpam-unshare); a failure is one line on stderr and exit status 1.
 Plain Python 3.8 with the standard library only: it runs with the interpreter Ansible uses.
 """
 
@@ -18,9 +30,12 @@ import json
 import os
 import shutil
 import stat
+import subprocess
 import sys
 import tarfile
-from typing import Dict, List
+from typing import Any, Dict, List
+
+PACKAGE = "libpam-unshare"
 
 
 def _name(path: str) -> str:
@@ -125,7 +140,61 @@ def restore(archive: str, roots: List[str]) -> List[str]:
     return changed
 
 
+class RollbackError(Exception):
+    pass
+
+
+def installed_version() -> str:
+    """The installed version of libpam-unshare, '' when it is not fully installed."""
+    res = subprocess.run(["dpkg-query", "--show", "--showformat=${db:Status-Abbrev}${Version}",
+                          PACKAGE], capture_output=True, text=True)
+    return res.stdout[3:] if res.returncode == 0 and res.stdout.startswith("ii ") else ""
+
+
+def _dpkg(argv: List[str]) -> None:
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    res = subprocess.run(argv, capture_output=True, text=True, env=env,
+                         stdin=subprocess.DEVNULL)
+    if res.returncode != 0:
+        lines = (res.stderr.strip() or res.stdout.strip()).splitlines()
+        raise RollbackError(f"{' '.join(argv)} failed (status {res.returncode}): "
+                            f"{lines[-1] if lines else ''}")
+
+
+def rollback(archive: str, how: List[str], roots: List[str]) -> Dict[str, Any]:
+    package = "unchanged"
+    if how[0] == "--purge":
+        paths = restore(archive, roots)
+        # dpkg-query knows the package while any trace of it is left (config files, half-
+        # installed): purge then too.
+        if subprocess.run(["dpkg-query", "--show", PACKAGE], capture_output=True).returncode == 0:
+            _dpkg(["dpkg", "--purge", PACKAGE])
+            package = "dpkg --purge " + PACKAGE
+    elif how[0] == "--previous":
+        deb, version = how[1], how[2]
+        if installed_version() != version:
+            _dpkg(["dpkg", "--install", deb])
+            package = f"{PACKAGE} {version} reinstalled from {deb}"
+        paths = restore(archive, roots)
+    else:
+        paths = restore(archive, roots)
+    return {"changed": bool(paths) or package != "unchanged", "paths": paths,
+            "package": package}
+
+
 def main(argv: List[str]) -> int:
+    if len(argv) >= 3 and argv[0] == "rollback":
+        archive, rest = argv[1], argv[2:]
+        width = {"--purge": 1, "--keep": 1, "--previous": 3}.get(rest[0], 0)
+        if width and len(rest) > width:
+            try:
+                result = rollback(archive, rest[:width], [os.path.abspath(r)
+                                                          for r in rest[width:]])
+            except (RollbackError, OSError) as error:
+                print(f"pam_snapshot.py rollback: {error}", file=sys.stderr)
+                return 1
+            print(json.dumps(result))
+            return 0
     if len(argv) < 3 or argv[0] not in ("save", "restore"):
         print(__doc__, file=sys.stderr)
         return 2

@@ -2,10 +2,14 @@
 """The pam_unshare role's live self-test, run on a managed host (ansible.builtin.script).
 
   pam_unshare_selftest.py load                      the installed module dlopen()s
+  pam_unshare_selftest.py load --module=PATH        the module at PATH (one extracted from a
+                                                    new package with dpkg-deb -x) dlopen()s
   pam_unshare_selftest.py pam USER [OPTION...]      one session through a PAM service of the
                                                     test's own, in a temporary directory
                                                     (pam_start_confdir): /etc/pam.d is not read
-                                                    and nothing on the host changes
+                                                    and nothing on the host changes; with
+                                                    --module=PATH first, that module's
+                                                    session (before it is installed)
   pam_unshare_selftest.py su USER                   one real su session (PAM service su)
   pam_unshare_selftest.py sudo USER                 one real sudo session (PAM service sudo)
 
@@ -121,10 +125,12 @@ def journal_since(started: float) -> List[str]:
     return [line for line in res.stdout.splitlines() if "pam_unshare" in line][-10:]
 
 
-def test_load() -> Dict[str, Any]:
-    path = module_path()
+def test_load(path: str | None = None) -> Dict[str, Any]:
+    path = path or module_path()
     if path is None:
         return {"ok": False, "detail": "pam_unshare.so is not in any PAM module directory"}
+    if not os.path.isabs(path) or not os.path.isfile(path):
+        return {"ok": False, "module": path, "detail": f"{path} is not a file"}
     try:
         lib = ctypes.CDLL(path, mode=os.RTLD_NOW | os.RTLD_LOCAL)
         lib.pam_sm_open_session  # noqa: B018 - raises AttributeError if not exported
@@ -193,8 +199,8 @@ def _pam_child(libpam: ctypes.CDLL, user: str, confdir: str, out: int) -> int:
     return 0
 
 
-def test_pam(user: str, options: Sequence[str]) -> Dict[str, Any]:
-    loaded = test_load()
+def test_pam(user: str, options: Sequence[str], module: str | None = None) -> Dict[str, Any]:
+    loaded = test_load(module)
     if not loaded["ok"]:
         return loaded
     libpam = ctypes.CDLL("libpam.so.0", use_errno=True)
@@ -255,19 +261,22 @@ def test_command(argv: List[str]) -> Dict[str, Any]:
 
 
 def main(argv: List[str]) -> int:
-    if not argv or argv[0] not in ("load", "pam", "su", "sudo") or (argv[0] != "load"
-                                                                    and len(argv) < 2):
+    test, args = (argv[0], argv[1:]) if argv else ("", [])
+    module = None
+    if args and args[0].startswith("--module="):
+        module, args = args[0][len("--module="):], args[1:]
+    if test not in ("load", "pam", "su", "sudo") or (test != "load" and not args) or (
+            module is not None and test in ("su", "sudo")):
         print(__doc__, file=sys.stderr)
         return 2
-    test, args = argv[0], argv[1:]
     if test == "load":
-        result = test_load()
+        result = test_load(module)
     elif test == "pam":
-        result = test_pam(args[0], args[1:])
-    elif test == "su":
-        result = test_command(["su", "-s", "/bin/sh", "-c", PROBE, args[0]])
+        result = test_pam(args[0], args[1:], module)
+    elif test == "su":  # the account after --: never read as an option
+        result = test_command(["su", "-s", "/bin/sh", "-c", PROBE, "--", args[0]])
     else:
-        result = test_command(["sudo", "-n", "-u", args[0], "/bin/sh", "-c", PROBE])
+        result = test_command(["sudo", "-n", "-u", args[0], "--", "/bin/sh", "-c", PROBE])
     result["test"] = test
     print(json.dumps(result, sort_keys=True))
     return 1 if result["ok"] is False else 0
