@@ -45,9 +45,9 @@ extern const unsigned char pu_init_blob_end[];
 #define READY_TIMEOUT_MS 10000
 #define EXIT_TIMEOUT_MS 10000
 
-/* Descriptors the caller may need at once while it starts or joins a namespace, above those it
- * holds already: the user's RLIMIT_NOFILE must not decide whether isolation happens. */
-#define CALLER_SPARE_FDS 64
+/* The soft RLIMIT_NOFILE the caller gets while the module opens its few descriptors: the user's
+ * own (ulimit -n before su) must not decide whether isolation happens. */
+#define CALLER_NOFILE 1024
 /* Below this the caller's own descriptors and ours may not fit: see check_user_limits. */
 #define MIN_CALLER_FDS 16
 
@@ -248,7 +248,6 @@ static int cover_procfs_mount(unsigned long id, const char *point)
 {
     struct statx where;
     char through[64];
-    int rc;
     autoclose int fd = open(point, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
 
     if (fd < 0)
@@ -258,8 +257,7 @@ static int cover_procfs_mount(unsigned long id, const char *point)
     if (!(where.stx_mask & STATX_MNT_ID) || where.stx_mnt_id != id)
         return 0; /* the path leads elsewhere now: not the procfs mount that was listed */
     snprintf(through, sizeof through, "/proc/self/fd/%d", fd);
-    rc = mount("proc", through, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
-    return rc;
+    return mount("proc", through, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
 }
 
 /* The session inherits every procfs the host has mounted elsewhere (a chroot's /proc, a bind of
@@ -619,8 +617,8 @@ static void raise_nofile(struct saved_nofile *saved)
     if (getrlimit(RLIMIT_NOFILE, &saved->limit) < 0)
         return;
     wanted = saved->limit;
-    if (wanted.rlim_cur != RLIM_INFINITY && wanted.rlim_cur < CALLER_SPARE_FDS * 16)
-        wanted.rlim_cur = CALLER_SPARE_FDS * 16;
+    if (wanted.rlim_cur != RLIM_INFINITY && wanted.rlim_cur < CALLER_NOFILE)
+        wanted.rlim_cur = CALLER_NOFILE;
     if (wanted.rlim_max != RLIM_INFINITY && wanted.rlim_max < wanted.rlim_cur)
         wanted.rlim_max = wanted.rlim_cur;
     if (wanted.rlim_cur == saved->limit.rlim_cur && wanted.rlim_max == saved->limit.rlim_max)
