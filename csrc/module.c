@@ -78,6 +78,23 @@ static int start_or_join(const struct pu_options *opts, const char *user,
     return pu_session_start_user(opts, uid, session, why);
 }
 
+/* PID 1 opens these services' sessions in the very process that then execs the user manager or
+ * run0's command. The module moves a caller's future children into the namespace, never the
+ * caller, so that process would run outside it under the session's /proc and fail (measured:
+ * user@.service 203/EXEC): better one clear line and the onerr policy. */
+static int caller_runs_program_itself(pam_handle_t *pamh)
+{
+    static const char *const services[] = {"systemd-user", "systemd-run0"};
+    const void *item = NULL;
+
+    if (pam_get_item(pamh, PAM_SERVICE, &item) != PAM_SUCCESS || item == NULL)
+        return 0;
+    for (size_t i = 0; i < sizeof services / sizeof services[0]; i++)
+        if (strcmp(item, services[i]) == 0)
+            return 1;
+    return 0;
+}
+
 static struct pu_session *open_session_of(pam_handle_t *pamh)
 {
     const void *data = NULL;
@@ -110,6 +127,14 @@ PAM_EXTERN int pam_sm_open_session(pam_handle_t *pamh, int flags, int argc, cons
     if (exempt) {
         pu_debug(pamh, &opts, "user %s is exempt: session left as it is", user);
         return PAM_SUCCESS;
+    }
+
+    if (caller_runs_program_itself(pamh)) {
+        why = pu_failure_of("namespacing a session whose caller execs the program itself "
+                            "(PID 1's user manager or run0: cover it with `pam-unshare enable "
+                            "systemd-user`, a unit drop-in)",
+                            EOPNOTSUPP);
+        return session_failed(pamh, &opts, user, &why);
     }
 
     /* A stack that reaches us twice (su-l includes su, both enabled) is already namespaced:

@@ -10,7 +10,8 @@ import textwrap
 from pathlib import Path
 from typing import Callable, List
 
-from pam_unshare import __version__, audit, demo, install, paths, render, services, sessions, status
+from pam_unshare import (__version__, audit, demo, install, paths, render, services, sessions,
+                         status, usermanager)
 from pam_unshare.errors import Failed, Refused
 from pam_unshare.stacks import PamTree
 
@@ -72,23 +73,61 @@ def _report(outcome: services.Outcome, dry_run: bool, done: str, unchanged: str)
             print(f"{change.service}: {unchanged}, nothing changed")
 
 
+def _split_user_manager(names: List[str]) -> tuple[List[str], bool]:
+    """The PAM services among NAMES, and whether systemd-user (a unit drop-in, not a PAM line:
+    see usermanager.py) is one of them."""
+    return [n for n in names if n != usermanager.SERVICE], usermanager.SERVICE in names
+
+
+def _report_dropin(change: usermanager.DropIn, dry_run: bool, done: str, unchanged: str) -> None:
+    if dry_run:
+        word = "would write" if change.after is not None else "would remove"
+        print(f"{usermanager.SERVICE}: {word if change.changed else unchanged} {change.path}")
+    elif change.changed:
+        print(f"{done} {usermanager.SERVICE}: {change.path}")
+    else:
+        print(f"{usermanager.SERVICE}: {unchanged}, nothing changed")
+
+
 def _enable(args: argparse.Namespace) -> int:
-    outcome = services.enable(args.services, args.option, args.module, args.pam_dir,
-                              args.dry_run)
-    _report(outcome, args.dry_run, "enabled", "unchanged")
+    pam_services, user_manager = _split_user_manager(args.services)
+    outcome = None
+    if pam_services:
+        # PAM first: it refuses (nothing written) before the drop-in exists.
+        outcome = services.enable(pam_services, args.option, args.module, args.pam_dir,
+                                  args.dry_run)
+        _report(outcome, args.dry_run, "enabled", "unchanged")
+    if user_manager:
+        if args.option and not pam_services:
+            _print_notes([f"{usermanager.SERVICE}: module options do not apply to it (a unit "
+                          f"drop-in, not a PAM line)"])
+        try:
+            change, note = usermanager.enable(args.unit_dir, args.dry_run)
+        except (Refused, Failed, OSError) as error:
+            written = " (the PAM files above were written)" if outcome and outcome.changes \
+                and not args.dry_run else ""
+            raise Failed(f"{usermanager.SERVICE}: {error}{written}") from None
+        _report_dropin(change, args.dry_run, "enabled", "unchanged")
+        if note:
+            _print_notes([note])
     return 0
 
 
 def _disable(args: argparse.Namespace) -> int:
-    outcome = services.disable(args.services, args.pam_dir, args.dry_run)
-    _report(outcome, args.dry_run, "disabled", "not enabled")
+    pam_services, user_manager = _split_user_manager(args.services)
+    if pam_services:
+        outcome = services.disable(pam_services, args.pam_dir, args.dry_run)
+        _report(outcome, args.dry_run, "disabled", "not enabled")
+    if user_manager:
+        change = usermanager.disable(args.unit_dir, args.dry_run)
+        _report_dropin(change, args.dry_run, "disabled", "not enabled")
     return 0
 
 
 def _status(args: argparse.Namespace) -> int:
     if not args.pam_dir.is_dir():
         raise Refused(f"{args.pam_dir}: no such directory")
-    facts = status.collect(args.pam_dir)
+    facts = status.collect(args.pam_dir, args.unit_dir)
     if args.json:
         print(json.dumps(facts, indent=2))
     else:
@@ -164,6 +203,12 @@ def _add_pam_dir(parser: argparse.ArgumentParser) -> None:
                         metavar="DIR", help=PAM_DIR_HELP)
 
 
+def _add_unit_dir(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--unit-dir", type=Path, default=usermanager.DEFAULT_UNIT_DIR,
+                        metavar="DIR", help="where systemd-user's unit drop-in goes (default: "
+                        "/etc/systemd/system)")
+
+
 def _add_module_commands(commands: argparse._SubParsersAction) -> None:
     parser = _command(
         commands, "install", "copy the built module into the PAM module directory (root)",
@@ -201,7 +246,10 @@ def _add_config_commands(commands: argparse._SubParsersAction) -> None:
         "file that does not parse, a module PAM could not load, or a change that would put the "
         "module before another session module is refused with exit status 2 and nothing "
         "written. A service whose stack already runs the module through an include (su-l "
-        "includes su) is skipped, with a note.")
+        "includes su) is skipped, with a note. systemd-user (the user manager, which PID 1 "
+        "runs in the process that opened its session) gets no PAM line: enable writes a "
+        "drop-in for user@.service that gives the manager and all it starts a /proc showing "
+        "only the user's own processes.")
     parser.add_argument("services", nargs="+", metavar="SERVICE",
                         help="a file name in the PAM directory: su, su-l, sudo, sudo-i, sshd, ...")
     parser.add_argument("-o", "--option", action="append", default=[], metavar="KEY=VALUE",
@@ -213,6 +261,7 @@ def _add_config_commands(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--dry-run", action="store_true",
                         help="print the change as a unified diff and write nothing")
     _add_pam_dir(parser)
+    _add_unit_dir(parser)
 
     parser = _command(
         commands, "disable", "remove the module's line from services (root)",
@@ -222,6 +271,7 @@ def _add_config_commands(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--dry-run", action="store_true",
                         help="print the change as a unified diff and write nothing")
     _add_pam_dir(parser)
+    _add_unit_dir(parser)
 
     parser = _command(
         commands, "check", "validate every pam_unshare line; non-zero exit on problems",
@@ -243,6 +293,7 @@ def _add_observe_commands(commands: argparse._SubParsersAction) -> None:
         "sessions without it: each is a way around the isolation.")
     parser.add_argument("--json", action="store_true", help="print JSON")
     _add_pam_dir(parser)
+    _add_unit_dir(parser)
 
     parser = _command(
         commands, "sessions", "list live namespaced sessions (root)",

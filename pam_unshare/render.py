@@ -134,7 +134,8 @@ def status_text(status: Dict) -> str:
     uncovered = status["uncovered"]
     if uncovered:
         lines.append("not covered (these start user sessions outside any namespace):")
-        lines += table([("  " + u["service"], u["what"]) for u in uncovered]).splitlines()
+        lines += table([("  " + u["service"], u["what"], f"close: {u['close']}")
+                        for u in uncovered]).splitlines()
     else:
         lines.append("coverage:  every session-opening service on this host runs the module")
     problems, warnings = len(status["problems"]), len(status["warnings"])

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Dict, List
 
-from pam_unshare import __version__, audit, options, paths, system
+from pam_unshare import __version__, audit, options, paths, system, usermanager
 from pam_unshare.stacks import PamTree
 
 
@@ -69,7 +69,22 @@ def _enabled(tree: PamTree) -> List[Dict[str, object]]:
     return found
 
 
-def collect(pam_dir: Path) -> Dict[str, object]:
+def _uncovered(tree: PamTree, unit_dir: Path) -> List[Dict[str, str]]:
+    """Each way around the isolation, with the command that closes it. systemd-user is closed by
+    a unit drop-in, never by a PAM line (usermanager.py)."""
+    found = [{"service": way.service, "what": way.what, "why": way.why,
+              "close": f"pam-unshare enable {way.service}"}
+             for way in audit.coverage(tree) if way.service != usermanager.SERVICE]
+    if usermanager.unit_exists() and not usermanager.is_installed(unit_dir):
+        found.append({"service": usermanager.SERVICE,
+                      "what": audit.SESSION_SERVICES[usermanager.SERVICE],
+                      "why": f"no {usermanager.DROPIN_DIR}/{usermanager.DROPIN_NAME} in "
+                             f"{unit_dir}",
+                      "close": f"pam-unshare enable {usermanager.SERVICE}"})
+    return found
+
+
+def collect(pam_dir: Path, unit_dir: Path = usermanager.DEFAULT_UNIT_DIR) -> Dict[str, object]:
     tree = PamTree(pam_dir)
     findings = audit.check(tree)
     return {
@@ -78,8 +93,7 @@ def collect(pam_dir: Path) -> Dict[str, object]:
         "module": module_facts(),
         "enabled": _enabled(tree),
         "kernel": system.kernel_support().as_dict(),
-        "uncovered": [{"service": u.service, "what": u.what, "why": u.why}
-                      for u in audit.coverage(tree)],
+        "uncovered": _uncovered(tree, unit_dir),
         "problems": [str(f) for f in findings if f.problem],
         "warnings": [str(f) for f in findings if not f.problem],
     }

@@ -43,6 +43,10 @@ PACKAGES: tuple[str, ...] = (
     "openssh-server",
     "passwd",
     "login",
+    # The sidesteps of issue 13: the user's own systemd manager with a bus, cron and at jobs.
+    "dbus-user-session",
+    "cron",
+    "at",
 )
 # Bump when the way the root filesystem is made changes (hooks, options).
 _RECIPE_VERSION = "2"
