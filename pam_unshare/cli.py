@@ -106,7 +106,8 @@ def _enable(args: argparse.Namespace) -> int:
         except (Refused, Failed, OSError) as error:
             written = " (the PAM files above were written)" if outcome and outcome.changes \
                 and not args.dry_run else ""
-            raise Failed(f"{usermanager.SERVICE}: {error}{written}") from None
+            kind = Refused if isinstance(error, Refused) and not written else Failed
+            raise kind(f"{usermanager.SERVICE}: {error}{written}") from None
         _report_dropin(change, args.dry_run, "enabled", "unchanged")
         if note:
             _print_notes([note])

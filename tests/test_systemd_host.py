@@ -21,6 +21,7 @@ import pytest
 from helpers.entries import IN_PTY
 from hosts.fixtures import systemd_container  # noqa: F401
 from hosts.systemd_container import SystemdContainer
+from pam_unshare import usermanager
 
 MODULE_DEST = "/usr/lib/x86_64-linux-gnu/security/pam_unshare.so"
 PAM_LINE = "session required pam_unshare.so"
@@ -444,3 +445,158 @@ def test_the_dbus_policy_closes_every_process_listing(pam_host: PamHost,
     finally:
         ct.run(["rm", "-f", DBUS_POLICY_DEST])
         ct.run(RELOAD_BUS)
+
+
+# ---- sidesteps: the user manager, cron and at (issue 13, item 3) -------------------------------
+
+CAROL = "pu_carol"  # exempt from the module in cron and atd: the control that sees everything
+SIDESTEP_LINE = f"session required pam_unshare.so exempt_users=root,{CAROL}"
+SIDESTEP_SERVICES = ("cron", "atd")
+USER_DROPIN = f"/etc/systemd/system/{usermanager.DROPIN_DIR}/{usermanager.DROPIN_NAME}"
+# What each sidestep job reports: who is PID 1 of its view, then every command line it sees.
+VIEW = "cat /proc/1/comm; ps -eo user=,args="
+
+
+@pytest.fixture(scope="module")
+def sidestep_host(pam_host: PamHost, foreign_unit: str) -> Iterator[PamHost]:
+    """cron and atd run the module (pu_carol exempt, the control); pu_alice lingers, so her user
+    manager runs."""
+    ct = pam_host.ct
+    if ct.run(["id", "-u", CAROL]).returncode != 0:
+        ct.run(["useradd", "-m", CAROL], check=True)
+    originals = {}
+    for service in SIDESTEP_SERVICES:
+        path = f"/etc/pam.d/{service}"
+        originals[path] = ct.read_file(path)
+        ct.write_file(path, f"{originals[path].rstrip()}\n{SIDESTEP_LINE}\n".encode(), 0o644)
+    for user in (ALICE, CAROL):
+        ct.run(["loginctl", "enable-linger", user], check=True)
+    yield pam_host
+    for path, text in originals.items():
+        ct.write_file(path, text.encode(), 0o644)
+    ct.run(["rm", "-f", "/etc/cron.d/pu-sidestep", USER_DROPIN, "/etc/pam.d/systemd-user"])
+    ct.run(["systemctl", "daemon-reload"])
+    for user in (ALICE, CAROL):
+        ct.run(["loginctl", "disable-linger", user])
+
+
+def uid_of(ct: SystemdContainer, user: str) -> str:
+    return ct.run(["id", "-u", user], check=True).stdout.strip()
+
+
+def restart_user_manager(ct: SystemdContainer, user: str) -> None:
+    ct.run(["systemctl", "daemon-reload"], check=True)
+    unit = f"user@{uid_of(ct, user)}.service"
+    result = ct.run(["systemctl", "restart", unit], timeout=90)
+    assert result.returncode == 0, (result.stderr, ct.journal(unit)[-2000:])
+
+
+def as_user_manager(ct: SystemdContainer, command: str) -> subprocess.CompletedProcess:
+    """COMMAND run by pu_alice's user manager, asked from inside her namespaced su session."""
+    user_run = ("export XDG_RUNTIME_DIR=/run/user/$(id -u); cat /proc/1/comm; "
+                f"systemd-run --user --pipe --quiet --wait sh -c {shlex.quote(command)}")
+    return ct.run(["su", ALICE, "-c", user_run], timeout=90)
+
+
+def test_the_user_manager_is_a_way_around_without_the_dropin(sidestep_host: PamHost) -> None:
+    """Control: from inside a namespaced session, `systemd-run --user` runs in the host's PID
+    namespace and lists the foreign command line."""
+    ct = sidestep_host.ct
+    ct.run(["rm", "-f", USER_DROPIN], check=True)
+    restart_user_manager(ct, ALICE)
+    result = as_user_manager(ct, "ps -eo args=")
+    assert result.stdout.startswith("pam_unshare\n"), result
+    assert FOREIGN_SECRET in result.stdout, result
+
+
+def test_the_dropin_closes_the_user_manager(sidestep_host: PamHost) -> None:
+    """With `pam-unshare enable systemd-user`'s drop-in, the user manager and the services it
+    starts (here systemd-run --user's) see only the user's own processes."""
+    ct = sidestep_host.ct
+    ct.run(["mkdir", "-p", os.path.dirname(USER_DROPIN)], check=True)
+    ct.write_file(USER_DROPIN, usermanager.DROPIN_TEXT.encode(), 0o644)
+    restart_user_manager(ct, ALICE)
+    foreign = ct.run(["pgrep", "-u", BOB, "-f", FOREIGN_SECRET], check=True).stdout.split()[0]
+    result = as_user_manager(ct, f"ps -eo user=,args=; kill -0 {foreign} 2>&1; echo done")
+    assert result.stdout.startswith("pam_unshare\n") and "done" in result.stdout, result
+    assert FOREIGN_SECRET not in result.stdout, "LEAK on the systemd container through " \
+        f"systemd-run --user via ps: {result.stdout}"
+    users = {ln.split()[0] for ln in result.stdout.splitlines()[1:] if ln.startswith("pu_")
+             or ln.startswith("root")}
+    assert users <= {ALICE}, result.stdout
+    # What stays (README, Limits): the process exists for kill(2), which refuses it.
+    assert "Operation not permitted" in result.stdout, result.stdout
+
+
+def test_a_line_in_systemd_user_is_refused_in_one_clear_line(sidestep_host: PamHost) -> None:
+    """A line of ours added to systemd-user by hand cannot namespace the manager (PID 1 execs it
+    in the caller itself): the module refuses the session with one line naming the cover, the
+    manager does not start (onerr=fail), and su keeps working."""
+    ct = sidestep_host.ct
+    ct.run(["rm", "-f", USER_DROPIN], check=True)
+    vendor = ct.read_file("/usr/lib/pam.d/systemd-user")
+    ct.write_file("/etc/pam.d/systemd-user", f"{vendor.rstrip()}\n{PAM_LINE}\n".encode(), 0o644)
+    try:
+        unit = f"user@{uid_of(ct, ALICE)}.service"
+        ct.run(["systemctl", "daemon-reload"], check=True)
+        ct.run(["systemctl", "restart", unit], timeout=90)
+        assert ct.run(["systemctl", "is-active", unit]).stdout.strip() != "active"
+        lines = [ln for ln in ct.journal(unit).splitlines() if "pam_unshare(" in ln]
+        assert lines and "pam-unshare enable systemd-user" in lines[-1], lines
+        assert "refusing the session" in lines[-1], lines
+        login = ct.run(["su", ALICE, "-c", "cat /proc/1/comm"], timeout=60)
+        assert login.stdout == "pam_unshare\n", login
+    finally:
+        ct.run(["rm", "-f", "/etc/pam.d/systemd-user"])
+        restart_user_manager(ct, ALICE)
+
+
+def wait_for_files(ct: SystemdContainer, paths: list[str], seconds: float) -> dict[str, str]:
+    deadline = time.monotonic() + seconds
+    while any(ct.run(["test", "-s", p]).returncode != 0 for p in paths):
+        assert time.monotonic() < deadline, (
+            f"no output in {paths} after {seconds:.0f} s:\n{ct.journal(None, '-n', '40')}")
+        time.sleep(1)
+    return {p: ct.read_file(p) for p in paths}
+
+
+def assert_job_views(views: dict[str, str], inside: str, control: str, via: str) -> None:
+    assert views[control].splitlines()[0] == "systemd", views[control]
+    assert FOREIGN_SECRET in views[control], f"control ({via}) cannot see it: {views[control]}"
+    first, *rest = views[inside].splitlines()
+    assert first == "pam_unshare", views[inside]
+    assert FOREIGN_SECRET not in views[inside], (
+        f"LEAK on the systemd container through {via} via ps: {views[inside]}")
+    assert {row.split()[0] for row in rest} <= {ALICE, "root"}, views[inside]
+
+
+def test_cron_jobs_run_namespaced(sidestep_host: PamHost) -> None:
+    """`pam-unshare enable cron`: a crontab entry runs inside; pu_carol's (exempt) is the
+    control. Waits for the next minute."""
+    ct = sidestep_host.ct
+    outputs = {user: f"/tmp/pu-cron-{user}" for user in (ALICE, CAROL)}
+    ct.run(["rm", "-f", *outputs.values()], check=True)
+    entries = "".join(f"* * * * * {user} ({VIEW}) > {out} 2>&1\n"
+                      for user, out in outputs.items())
+    ct.write_file("/etc/cron.d/pu-sidestep", entries.encode(), 0o644)
+    try:
+        views = wait_for_files(ct, list(outputs.values()), 130)
+    finally:
+        ct.run(["rm", "-f", "/etc/cron.d/pu-sidestep"])
+    assert_job_views({u: views[o] for u, o in outputs.items()}, ALICE, CAROL, "cron")
+
+
+def test_at_jobs_run_namespaced(sidestep_host: PamHost) -> None:
+    """`pam-unshare enable atd`: an `at now` job runs inside; pu_carol's is the control."""
+    ct = sidestep_host.ct
+    outputs = {user: f"/tmp/pu-at-{user}" for user in (ALICE, CAROL)}
+    ct.run(["rm", "-f", *outputs.values()], check=True)
+    for user, out in outputs.items():
+        job = f"echo {shlex.quote(f'({VIEW}) > {out} 2>&1')} | at now"
+        result = ct.run(["su", user, "-c", job], timeout=60)
+        assert "job" in result.stderr, result
+    # From inside a session `at` cannot find atd's PID to wake it (it says "at daemon not
+    # running"); root's SIGHUP makes atd scan its queue now instead of at its next wakeup.
+    ct.run(["pkill", "-HUP", "-x", "atd"], check=True)
+    views = wait_for_files(ct, list(outputs.values()), 120)
+    assert_job_views({u: views[o] for u, o in outputs.items()}, ALICE, CAROL, "atd")

@@ -1,0 +1,114 @@
+"""`pam-unshare enable/disable/status systemd-user`: the user manager is covered by a unit drop-in
+(pam_unshare/usermanager.py), never by a PAM line; on temporary trees."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from pam_unshare import cli, usermanager
+
+
+@pytest.fixture
+def run(capsys):
+    def invoke(*argv: str):
+        status = cli.main(list(argv))
+        captured = capsys.readouterr()
+        return status, captured.out, captured.err
+
+    return invoke
+
+
+@pytest.fixture
+def unit_dir(tmp_path: Path) -> Path:
+    path = tmp_path / "systemd" / "system"
+    path.mkdir(parents=True)
+    return path
+
+
+def dropin(unit_dir: Path) -> Path:
+    return unit_dir / usermanager.DROPIN_DIR / usermanager.DROPIN_NAME
+
+
+def test_enable_writes_the_dropin_and_no_pam_line(run, pam_dir, unit_dir) -> None:
+    before = {p.name: p.read_bytes() for p in pam_dir.iterdir()}
+    status, out, err = run("enable", "systemd-user", "--pam-dir", str(pam_dir),
+                           "--unit-dir", str(unit_dir))
+    assert status == 0, err
+    assert dropin(unit_dir).read_text() == usermanager.DROPIN_TEXT
+    assert "ProtectProc=invisible" in usermanager.DROPIN_TEXT
+    assert oct(dropin(unit_dir).stat().st_mode & 0o777) == "0o644"
+    assert {p.name: p.read_bytes() for p in pam_dir.iterdir()} == before
+    assert f"enabled systemd-user: {dropin(unit_dir)}" in out
+    # Twice: nothing changes.
+    status, out, _ = run("enable", "systemd-user", "--unit-dir", str(unit_dir),
+                         "--pam-dir", str(pam_dir))
+    assert status == 0 and "unchanged" in out
+
+
+def test_status_lists_the_user_manager_open_with_the_command_that_closes_it(
+        run, pam_dir, unit_dir) -> None:
+    if not usermanager.unit_exists():
+        pytest.fail("this machine has no user@.service: install systemd (bootstrap does)")
+    status, out, err = run("status", "--json", "--pam-dir", str(pam_dir), "--unit-dir",
+                           str(unit_dir))
+    assert status == 0, err
+    ways = {u["service"]: u for u in json.loads(out)["uncovered"]}
+    assert ways["systemd-user"]["close"] == "pam-unshare enable systemd-user"
+    assert ways["login"]["close"] == "pam-unshare enable login"
+    text = run("status", "--pam-dir", str(pam_dir), "--unit-dir", str(unit_dir))[1]
+    assert "close: pam-unshare enable systemd-user" in text
+    run("enable", "systemd-user", "--pam-dir", str(pam_dir), "--unit-dir", str(unit_dir))
+    ways = {u["service"] for u in json.loads(run(
+        "status", "--json", "--pam-dir", str(pam_dir), "--unit-dir", str(unit_dir))[1])[
+        "uncovered"]}
+    assert "systemd-user" not in ways and "login" in ways
+
+
+def test_disable_removes_it_and_keeps_other_dropins(run, pam_dir, unit_dir) -> None:
+    run("enable", "systemd-user", "--pam-dir", str(pam_dir), "--unit-dir", str(unit_dir))
+    other = dropin(unit_dir).parent / "admin.conf"
+    other.write_text("[Service]\nTasksMax=100\n")
+    status, out, err = run("disable", "systemd-user", "--pam-dir", str(pam_dir),
+                           "--unit-dir", str(unit_dir))
+    assert status == 0, err
+    assert not dropin(unit_dir).exists() and other.exists()
+    other.unlink()
+    run("enable", "systemd-user", "--pam-dir", str(pam_dir), "--unit-dir", str(unit_dir))
+    run("disable", "systemd-user", "--pam-dir", str(pam_dir), "--unit-dir", str(unit_dir))
+    assert list(unit_dir.iterdir()) == []
+
+
+def test_a_symlinked_dropin_directory_is_refused(run, pam_dir, unit_dir, tmp_path) -> None:
+    """Attack: the drop-in directory replaced by a symlink to a directory someone else controls
+    (root would write where they point)."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (unit_dir / usermanager.DROPIN_DIR).symlink_to(elsewhere)
+    status, _, err = run("enable", "systemd-user", "--pam-dir", str(pam_dir),
+                         "--unit-dir", str(unit_dir))
+    assert status != 0 and "Traceback" not in err, err
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_a_dropin_directory_others_can_write_is_refused(run, pam_dir, unit_dir) -> None:
+    """Attack: a world-writable user@.service.d lets anyone swap the file for their own unit
+    settings (ExecStartPre= as root)."""
+    (unit_dir / usermanager.DROPIN_DIR).mkdir(mode=0o777)
+    os.chmod(unit_dir / usermanager.DROPIN_DIR, 0o777)
+    status, _, err = run("enable", "systemd-user", "--pam-dir", str(pam_dir),
+                         "--unit-dir", str(unit_dir))
+    assert status == 2, err
+    assert "only root can write" in err
+    assert not dropin(unit_dir).exists()
+
+
+def test_enable_su_and_systemd_user_together(run, pam_dir, unit_dir, module_path) -> None:
+    status, out, err = run("enable", "su", "systemd-user", "--module", str(module_path),
+                           "--pam-dir", str(pam_dir), "--unit-dir", str(unit_dir))
+    assert status == 0, err
+    assert "pam_unshare.so" in (pam_dir / "su").read_text()
+    assert dropin(unit_dir).exists()
