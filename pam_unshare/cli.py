@@ -10,8 +10,18 @@ import textwrap
 from pathlib import Path
 from typing import Callable, List
 
-from pam_unshare import (__version__, audit, demo, install, paths, render, services, sessions,
-                         status, usermanager)
+from pam_unshare import (
+    __version__,
+    audit,
+    demo,
+    install,
+    paths,
+    render,
+    services,
+    sessions,
+    status,
+    usermanager,
+)
 from pam_unshare.errors import Failed, Refused
 from pam_unshare.stacks import PamTree
 

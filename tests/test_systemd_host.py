@@ -21,6 +21,7 @@ import pytest
 from helpers.entries import IN_PTY
 from hosts.fixtures import systemd_container  # noqa: F401
 from hosts.systemd_container import SystemdContainer
+
 from pam_unshare import usermanager
 
 MODULE_DEST = "/usr/lib/x86_64-linux-gnu/security/pam_unshare.so"
