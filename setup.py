@@ -39,10 +39,15 @@ class BuildWithModule(build_ext):
         shutil.copyfile(out_dir / "pam_unshare.so", tmp)
         os.chmod(tmp, 0o644)
         os.replace(tmp, target)
+        # The D-Bus policy is written once, for the Debian package; `pam-unshare install`
+        # ships the same file on other hosts.
+        policy = package_dir / "lib" / "dbus-policy.conf"
+        shutil.copyfile(ROOT / "packaging" / "debian" / "dbus" / "pam-unshare.conf", policy)
+        os.chmod(policy, 0o644)
 
 
 setup(
     cffi_modules=["pam_unshare/_build.py:ffibuilder"],
     cmdclass={"build_ext": BuildWithModule},
-    package_data={"pam_unshare": ["lib/pam_unshare.so"]},
+    package_data={"pam_unshare": ["lib/pam_unshare.so", "lib/dbus-policy.conf"]},
 )

@@ -13,6 +13,7 @@ from typing import Callable, List
 from pam_unshare import (
     __version__,
     audit,
+    dbuspolicy,
     demo,
     install,
     paths,
@@ -55,12 +56,23 @@ def _install(args: argparse.Namespace) -> int:
     if os.geteuid() != 0:
         print("pam-unshare: note: not running as root, so the copy is owned by you; PAM "
               "modules should be owned by root", file=sys.stderr)
+    if args.dest is None or args.dbus_dir is not None:
+        written, note = dbuspolicy.install(args.dbus_dir or dbuspolicy.ADMIN_DIR)
+        if written:
+            print(f"installed: {written} (D-Bus policy: no process lists of units for "
+                  f"users over the system bus)")
+        if note:
+            _print_notes([note])
     return 0
 
 
 def _uninstall(args: argparse.Namespace) -> int:
     removed = install.uninstall(args.pam_dir, args.dest)
     print(f"removed {removed}" if removed else "not installed: nothing to remove")
+    if args.dest is None or args.dbus_dir is not None:
+        policy = dbuspolicy.uninstall(args.dbus_dir or dbuspolicy.ADMIN_DIR)
+        if policy:
+            print(f"removed {policy}")
     return 0
 
 
@@ -232,6 +244,9 @@ def _add_module_commands(commands: argparse._SubParsersAction) -> None:
         "directory, then a rename). Needs root unless --dest is given.")
     parser.add_argument("--dest", type=Path, metavar="DIR",
                         help="install into DIR instead of the system's PAM module directory")
+    parser.add_argument("--dbus-dir", type=Path, default=None, metavar="DIR",
+                        help="where the D-Bus policy goes (default: /etc/dbus-1/system.d, "
+                        "unless --dest is given)")
     parser = _command(
         commands, "uninstall", "remove the installed module unless PAM files use it (root)",
         "  pam-unshare disable su sudo sudo-i sshd && pam-unshare uninstall\n", _uninstall,
@@ -239,6 +254,9 @@ def _add_module_commands(commands: argparse._SubParsersAction) -> None:
         "PAM directory still loads it: every session of that service would fail.")
     parser.add_argument("--dest", type=Path, metavar="DIR",
                         help="remove it from DIR instead of the system's PAM module directory")
+    parser.add_argument("--dbus-dir", type=Path, default=None, metavar="DIR",
+                        help="where the D-Bus policy goes (default: /etc/dbus-1/system.d, "
+                        "unless --dest is given)")
     _add_pam_dir(parser)
 
 

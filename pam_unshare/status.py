@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Dict, List
 
-from pam_unshare import __version__, audit, options, paths, system, usermanager
+from pam_unshare import __version__, audit, dbuspolicy, options, paths, system, usermanager
 from pam_unshare.stacks import PamTree
 
 
@@ -75,6 +75,14 @@ def _uncovered(tree: PamTree, unit_dir: Path) -> List[Dict[str, str]]:
     found = [{"service": way.service, "what": way.what, "why": way.why,
               "close": f"pam-unshare enable {way.service}"}
              for way in audit.coverage(tree) if way.service != usermanager.SERVICE]
+    policy = dbuspolicy.state()
+    if not policy.closed:
+        why = {"missing": "no pam-unshare.conf in /etc/dbus-1/system.d or "
+                          "/usr/share/dbus-1/system.d",
+               "broken": f"{policy.path} does not parse, so the bus skips it"}[policy.state]
+        found.append({"service": "system bus", "what": "systemd's process lists over D-Bus "
+                      "(systemctl status, loginctl)", "why": why,
+                      "close": "pam-unshare install (or the libpam-unshare package)"})
     if usermanager.unit_exists() and not usermanager.is_installed(unit_dir):
         found.append({"service": usermanager.SERVICE,
                       "what": audit.SESSION_SERVICES[usermanager.SERVICE],
@@ -94,6 +102,7 @@ def collect(pam_dir: Path, unit_dir: Path = usermanager.DEFAULT_UNIT_DIR) -> Dic
         "enabled": _enabled(tree),
         "kernel": system.kernel_support().as_dict(),
         "uncovered": _uncovered(tree, unit_dir),
+        "dbus_policy": dbuspolicy.state().as_dict(),
         "problems": [str(f) for f in findings if f.problem],
         "warnings": [str(f) for f in findings if not f.problem],
     }

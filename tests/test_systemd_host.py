@@ -601,3 +601,58 @@ def test_at_jobs_run_namespaced(sidestep_host: PamHost) -> None:
     ct.run(["pkill", "-HUP", "-x", "atd"], check=True)
     views = wait_for_files(ct, list(outputs.values()), 120)
     assert_job_views({u: views[o] for u, o in outputs.items()}, ALICE, CAROL, "atd")
+
+
+# ---- bad input around the D-Bus policy and the bus (issue 13, "Bad input") ---------------------
+
+
+def assert_logins_work(ct: SystemdContainer) -> None:
+    """A namespaced su and sudo login, and root's own view, all as usual."""
+    login = ct.run(["su", ALICE, "-c", "cat /proc/1/comm"], timeout=60)
+    assert login.returncode == 0 and login.stdout == "pam_unshare\n", login
+    ct.run(["rm", "-f", SUDOERS_DROPIN], check=True)
+    sudo = ct.run(["sudo", "-u", ALICE, "cat", "/proc/1/comm"], timeout=60)
+    assert sudo.returncode == 0 and sudo.stdout == "pam_unshare\n", sudo
+    assert ct.run(["su", "root", "-c", "cat /proc/1/comm"]).stdout == "systemd\n"
+
+
+def test_a_dbus_policy_that_fails_to_load_breaks_no_login(pam_host: PamHost,
+                                                           foreign_unit: str) -> None:
+    """A broken policy file (truncated by a full disk, an admin's typo): the bus logs one line
+    naming it and runs on without it, every login still works, and the channel is open again,
+    which is why `pam-unshare status` reports a policy that does not parse
+    (tests/unit/test_cli_dbus_policy.py)."""
+    ct = pam_host.ct
+    good = DBUS_POLICY_SOURCE.read_bytes()
+    ct.write_file(DBUS_POLICY_DEST, good[: len(good) // 2], 0o644)
+    try:
+        ct.run(RELOAD_BUS, check=True)
+        deadline = time.monotonic() + 30
+        while "pam-unshare.conf" not in ct.journal("dbus.service"):
+            assert time.monotonic() < deadline, ct.journal("dbus.service")[-2000:]
+            time.sleep(0.2)
+        assert "Encountered error" in ct.journal("dbus.service")
+        assert_logins_work(ct)
+        assert ct.run(["systemctl", "is-active", "dbus.service"]).stdout.strip() == "active"
+        leak = ct.run(["su", ALICE, "-c", DBUS_CHANNELS["GetUnitProcesses"]], timeout=60)
+        assert FOREIGN_SECRET in leak.stdout, leak.stdout
+    finally:
+        ct.run(["rm", "-f", DBUS_POLICY_DEST])
+        ct.run(RELOAD_BUS, check=True)
+
+
+def test_without_a_system_bus_logins_still_work(pam_host: PamHost) -> None:
+    """The module never talks to the bus: with dbus stopped, su and sudo sessions are namespaced
+    as always (pam_systemd, optional in Debian's stacks, logs its own failure) and root logs in."""
+    ct = pam_host.ct
+    ct.run(["systemctl", "stop", "dbus.socket", "dbus.service"], check=True, timeout=90)
+    try:
+        assert not ct.run(["test", "-S", "/run/dbus/system_bus_socket"]).returncode == 0 or \
+            ct.run(["busctl", "status"], timeout=30).returncode != 0
+        assert_logins_work(ct)
+    finally:
+        ct.run(["systemctl", "start", "dbus.socket", "dbus.service"], check=True, timeout=90)
+        deadline = time.monotonic() + 60
+        while ct.run(["loginctl", "list-sessions"], timeout=30).returncode != 0:
+            assert time.monotonic() < deadline, ct.journal(None, "-n", "40")
+            time.sleep(0.5)

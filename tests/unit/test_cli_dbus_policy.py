@@ -1,0 +1,89 @@
+"""`pam-unshare install/uninstall/status` and the D-Bus policy (pam_unshare/dbuspolicy.py), on
+temporary trees. That the bus honours the file is proven on the systemd container
+(tests/test_systemd_host.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from pam_unshare import cli, dbuspolicy
+
+SHIPPED = Path(__file__).resolve().parents[2] / "packaging" / "debian" / "dbus" / "pam-unshare.conf"
+
+
+@pytest.fixture
+def run(capsys):
+    def invoke(*argv: str):
+        status = cli.main(list(argv))
+        captured = capsys.readouterr()
+        return status, captured.out, captured.err
+
+    return invoke
+
+
+@pytest.fixture
+def dbus_dir(tmp_path: Path) -> Path:
+    path = tmp_path / "dbus-1" / "system.d"
+    path.parent.mkdir()
+    return path
+
+
+def test_the_installed_package_carries_the_debian_packages_policy() -> None:
+    """Written once: the CLI ships the very bytes the Debian package does."""
+    assert dbuspolicy.source().read_bytes() == SHIPPED.read_bytes()
+    text = SHIPPED.read_text()
+    assert 'send_member="GetUnitProcesses"' in text and 'send_member="GetProcesses"' in text
+
+
+def test_install_writes_the_policy_and_uninstall_removes_it(run, tmp_path, dbus_dir) -> None:
+    modules = tmp_path / "security"
+    modules.mkdir()
+    status, out, err = run("install", "--dest", str(modules), "--dbus-dir", str(dbus_dir))
+    assert status == 0, err
+    policy = dbus_dir / dbuspolicy.NAME
+    assert policy.read_bytes() == SHIPPED.read_bytes()
+    assert oct(policy.stat().st_mode & 0o777) == "0o644"
+    assert f"installed: {policy}" in out
+    status, out, err = run("uninstall", "--dest", str(modules), "--dbus-dir", str(dbus_dir),
+                           "--pam-dir", str(tmp_path))
+    assert status == 0, err
+    assert not policy.exists() and f"removed {policy}" in out
+
+
+def test_a_policy_directory_others_can_write_is_refused(run, tmp_path, dbus_dir) -> None:
+    """Attack: a world-writable system.d would let anyone swap in a policy of their own."""
+    dbus_dir.mkdir()
+    os.chmod(dbus_dir, 0o777)
+    modules = tmp_path / "security"
+    modules.mkdir()
+    status, _, err = run("install", "--dest", str(modules), "--dbus-dir", str(dbus_dir))
+    assert status == 2, err
+    assert "only root can write" in err
+    assert not (dbus_dir / dbuspolicy.NAME).exists()
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    (None, "missing"),
+    (b"<busconfig><policy context=", "broken"),
+    (b"<busconfig/>", "modified"),
+])
+def test_state_tells_a_policy_the_bus_skips(dbus_dir, text, expected) -> None:
+    dbus_dir.mkdir()
+    if text is not None:
+        (dbus_dir / dbuspolicy.NAME).write_bytes(text)
+    other = dbus_dir.parent / "share"  # an empty package directory
+    state = dbuspolicy.state((dbus_dir, other))
+    assert state.state == expected
+    assert state.closed == (expected == "modified")
+
+
+def test_status_lists_the_bus_as_a_way_around_while_the_policy_is_missing(run, pam_dir) -> None:
+    facts = json.loads(run("status", "--json", "--pam-dir", str(pam_dir))[1])
+    state = dbuspolicy.state()
+    assert facts["dbus_policy"]["state"] == state.state
+    listed = "system bus" in {u["service"] for u in facts["uncovered"]}
+    assert listed == (not state.closed)
