@@ -38,12 +38,12 @@ from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
 import pubench  # noqa: F401 - puts tests/ on sys.path for the helpers below
-from pubench import latency, procs, report, scale, session
+from pubench import latency, procfs, procs, report, scale, session
 from pubench.env import BenchEnv, host_pam_mentions_module
 
 import pam_unshare
 
-PARTS = ("latency", "failures", "session", "logout", "scale")
+PARTS = ("latency", "failures", "session", "logout", "scale", "procfs")
 DEFAULT_OUT = Path(__file__).resolve().parent / "results"
 
 
@@ -138,6 +138,11 @@ def measure(env: BenchEnv, plan: Plan, parts: List[str], seed: int) -> Dict[str,
     if "logout" in parts:
         log(f"logout: {plan.logout_sessions} su sessions per scenario")
         results["logout"] = session.logout(env, plan.logout_sessions)
+    if "procfs" in parts:
+        log(f"procfs: su -c true with {procfs.EXTRA_MOUNTS} other procfs mounts, "
+            f"{plan.rounds} rounds")
+        results["procfs"] = procfs.measure(env, plan.rounds, max(5, plan.per_round // 2),
+                                           seed, log)
     if "scale" in parts:
         results["scale"] = []
         for n in plan.scale_sizes:

@@ -179,6 +179,23 @@ def markdown(results: Results) -> str:
         lines += [f"| {t['target']} | {t['figure']} | {t['status']} |"
                   for t in results["targets"]]
         lines.append("")
+    other_procfs = results.get("procfs")
+    if other_procfs:
+        lines.append("`su -c true` (module on) with other procfs mounts to cover at login, "
+                     "interleaved rounds:")
+        lines.append("")
+        lines += ["| other procfs mounts | median ms | runs | failed |",
+                  "| ---: | ---: | ---: | ---: |"]
+        for count in other_procfs["extra_mounts"]:
+            median = other_procfs["median_ms"][str(count)]
+            lines.append(f"| {count} | {'-' if median is None else f'{median:.2f}'} | "
+                         f"{other_procfs['runs'][str(count)]} | "
+                         f"{other_procfs['failures'][str(count)]} |")
+        per_mount = other_procfs["per_mount_us"]
+        if per_mount is not None:
+            lines.append("")
+            lines.append(f"About {per_mount:.0f} us per procfs mount covered.")
+        lines.append("")
     stats = results.get("latency_stats")
     if stats:
         rounds = results["latency"]["rounds"]
