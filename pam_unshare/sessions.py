@@ -1,5 +1,4 @@
-"""Live sessions, read from the host's process table, and entering one. The only module that
-reads /proc/PID.
+"""Live sessions, read from the host's process table (pam_unshare/proc.py), and entering one.
 
 A session's PID 1 is the module's init: comm "pam_unshare", command line
 "pam_unshare-init linger|kill", PID 1 of a nested PID namespace (the last NSpid field is 1). Any
@@ -13,7 +12,6 @@ nowhere: it is guessed from the init's parent, the process that opened the sessi
 
 from __future__ import annotations
 
-import fcntl
 import os
 import pwd
 import shutil
@@ -24,45 +22,18 @@ from typing import Dict, List, Sequence, Set, Tuple
 
 from pam_unshare import linux
 from pam_unshare.errors import Failed, NeedsRoot, Refused
+from pam_unshare.proc import (
+    CLOCK_TICKS,
+    Process,
+    boot_time,
+    nested_in,
+    processes,
+    read_process,
+)
 
-INIT_COMM = "pam_unshare"
-INIT_ARGV0 = "pam_unshare-init"
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 # Short options of su and sudo that take a value (the next word is not an option).
 _SU_VALUE_OPTIONS = set("cCgGsw")
 _SUDO_VALUE_OPTIONS = set("CDghpRrTtUu")
-
-
-@dataclass(frozen=True)
-class Process:
-    pid: int  # in the host's PID namespace
-    ppid: int
-    uid: int
-    state: str
-    start: int  # clock ticks after boot: with pid, the process's identity
-    comm: str
-    argv: Tuple[str, ...]
-    nspid: Tuple[int, ...]  # its PID in each namespace, from the host's down to its own
-    namespace: int | None  # inode of /proc/PID/ns/pid (None: not readable)
-    uids: Tuple[int, ...] = ()  # real, effective, saved, filesystem, as the host sees them
-
-    @property
-    def args(self) -> str:
-        return " ".join(self.argv) if self.argv else f"[{self.comm}]"
-
-    @property
-    def looks_like_session_init(self) -> bool:
-        """What the process says of itself: any user can say the same (see is_session_init)."""
-        return (self.comm == INIT_COMM and bool(self.argv) and self.argv[0] == INIT_ARGV0
-                and len(self.nspid) > 1 and self.nspid[-1] == 1
-                and self.state not in ("Z", "X"))
-
-    @property
-    def is_session_init(self) -> bool:
-        """A session's PID 1, proven by what only root can make: all its uids 0, and it, its PID
-        namespace and its mount namespace in or owned by the host's user namespace."""
-        return (self.looks_like_session_init and len(self.uids) == 4
-                and all(uid == 0 for uid in self.uids) and _made_by_host_root(self.pid))
 
 
 @dataclass(frozen=True)
@@ -117,115 +88,11 @@ class Session:
         }
 
 
-def _read(path: str) -> bytes:
-    with open(path, "rb") as handle:
-        return handle.read()
-
-
-def read_process(pid: int) -> Process | None:
-    """PID as the host sees it, or None once it is gone."""
-    try:
-        stat = _read(f"/proc/{pid}/stat").decode(errors="replace")
-        status = _read(f"/proc/{pid}/status").decode(errors="replace")
-        raw_argv = _read(f"/proc/{pid}/cmdline")
-    except (FileNotFoundError, ProcessLookupError):
-        return None
-    # comm may hold blanks and parentheses: it ends at the last ")".
-    comm = stat[stat.index("(") + 1:stat.rindex(")")]
-    fields = stat[stat.rindex(")") + 2:].split()  # fields[0] is field 3 of proc(5)
-    uid, nspid, uids = -1, (pid,), ()
-    for line in status.splitlines():
-        if line.startswith("Uid:"):
-            uids = tuple(int(value) for value in line.split()[1:5])
-            uid = uids[0]
-        elif line.startswith("NSpid:"):
-            nspid = tuple(int(value) for value in line.split()[1:])
-    try:
-        link = os.readlink(f"/proc/{pid}/ns/pid")
-        namespace: int | None = int(link[link.index("[") + 1:link.rindex("]")])
-    except (OSError, ValueError):
-        namespace = None
-    argv = tuple(arg.decode(errors="replace") for arg in raw_argv.split(b"\0")[:-1])
-    return Process(pid=pid, ppid=int(fields[1]), uid=uid, state=fields[0],
-                   start=int(fields[19]), comm=comm, argv=argv, nspid=nspid,
-                   namespace=namespace, uids=uids)
-
-
-def processes() -> List[Process]:
-    found = []
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            process = read_process(int(name))
-            if process is not None:
-                found.append(process)
-    return found
-
-
-def _boot_time() -> float:
-    for line in _read("/proc/stat").decode().splitlines():
-        if line.startswith("btime "):
-            return float(line.split()[1])
-    return time.time() - time.clock_gettime(time.CLOCK_BOOTTIME)
-
-
 def _user(uid: int) -> str:
     try:
         return pwd.getpwuid(uid).pw_name
     except KeyError:
         return str(uid)
-
-
-def _nested_in(process: Process, namespace: int, levels: int) -> bool:
-    """Whether PROCESS's PID namespace lies LEVELS below NAMESPACE (asks the kernel)."""
-    try:
-        fd = os.open(f"/proc/{process.pid}/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return False
-    try:
-        for _ in range(levels):
-            parent = fcntl.ioctl(fd, linux.NS_GET_PARENT)
-            os.close(fd)
-            fd = parent
-        return os.fstat(fd).st_ino == namespace
-    except OSError:
-        return False
-    finally:
-        os.close(fd)
-
-
-def _host_user_namespace() -> int:
-    """The user namespace this (root) process runs in: the host's."""
-    return os.stat("/proc/self/ns/user").st_ino
-
-
-def _owner_of(path: str) -> int | None:
-    """The inode of the user namespace that owns the namespace file PATH, or None."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
-        return None
-    try:
-        owner = fcntl.ioctl(fd, linux.NS_GET_USERNS)
-    except OSError:
-        return None
-    finally:
-        os.close(fd)
-    try:
-        return os.fstat(owner).st_ino
-    finally:
-        os.close(owner)
-
-
-def _made_by_host_root(pid: int) -> bool:
-    """Whether PID lives in the host's user namespace and its PID and mount namespaces are owned
-    by it: true of every session init, false of anything a user built with `unshare -U`."""
-    host = _host_user_namespace()
-    try:
-        own = os.stat(f"/proc/{pid}/ns/user").st_ino
-    except OSError:
-        return False
-    return (own == host and _owner_of(f"/proc/{pid}/ns/pid") == host
-            and _owner_of(f"/proc/{pid}/ns/mnt") == host)
 
 
 def _guess_service(caller: Process | None) -> str:
@@ -278,7 +145,7 @@ def _session_of(init: Process, table: List[Process], by_pid: Dict[int, Process],
             continue
         if process.namespace == init.namespace or (
                 len(process.nspid) > depth
-                and _nested_in(process, init.namespace, len(process.nspid) - depth)):
+                and nested_in(process, init.namespace, len(process.nspid) - depth)):
             members.append(Member(process, process.nspid[depth - 1], _user(process.uid)))
     members.sort(key=lambda m: (m.process.pid != init.pid, m.session_pid))
     owners = sorted({m.process.uid for m in members if m.process.pid != init.pid})
@@ -313,7 +180,7 @@ def list_sessions() -> List[Session]:
     """The live sessions, oldest first."""
     table = processes()
     by_pid = {process.pid: process for process in table}
-    boot = _boot_time()
+    boot = boot_time()
     found = []
     for process in table:
         if process.is_session_init:

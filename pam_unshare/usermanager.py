@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, List
 
-from pam_unshare import atomic
+from pam_unshare import atomic, proc
 from pam_unshare.errors import Failed, Refused
 
 SERVICE = "systemd-user"
@@ -185,37 +185,21 @@ def disable(unit_dir: Path = DEFAULT_UNIT_DIR, dry_run: bool = False) -> DropIn:
     return change
 
 
+_HIDING = {"hidepid=invisible", "hidepid=2", "hidepid=ptraceable", "hidepid=4"}
+
+
 def _proc_is_hidden(pid: int) -> bool | None:
     """Whether PID's /proc hides other users' processes; None when it cannot be read."""
-    try:
-        lines = Path(f"/proc/{pid}/mountinfo").read_text().splitlines()
-    except OSError:
-        return None
-    for line in lines:
-        fields = line.split(" - ", 1)
-        left = fields[0].split()
-        if len(left) > 4 and left[4] == "/proc" and len(fields) == 2:
-            right = fields[1].split()
-            if right and right[0] == "proc":
-                super_options = right[2].split(",") if len(right) > 2 else []
-                hidden = {"hidepid=invisible", "hidepid=2", "hidepid=ptraceable", "hidepid=4"}
-                return bool(hidden & set(super_options))
+    for mount in proc.mounts(pid):
+        if mount.point == "/proc" and mount.fstype == "proc":
+            return bool(_HIDING & set(mount.super_options))
     return None
 
 
 def managers_without_it() -> List[int]:
-    """The uids of running user managers whose /proc shows other users' processes."""
-    open_uids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-            uid = entry.stat().st_uid
-        except OSError:
-            continue
-        if len(argv) < 2 or not argv[0].endswith(b"/systemd") or argv[1] != b"--user":
-            continue
-        if uid != 0 and _proc_is_hidden(int(entry.name)) is False:
-            open_uids.append(uid)
-    return sorted(set(open_uids))
+    """The uids of running user managers whose /proc shows other users' processes. A user can
+    name a process of theirs `systemd --user`: that only ever lists their own uid."""
+    open_uids = {p.uid for p in proc.processes()
+                 if len(p.argv) >= 2 and p.argv[0].endswith("/systemd") and p.argv[1] == "--user"
+                 and p.uid != 0 and _proc_is_hidden(p.pid) is False}
+    return sorted(open_uids)

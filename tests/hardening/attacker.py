@@ -16,7 +16,7 @@ from typing import Iterator, List, Sequence
 
 from conftest import PamSandbox
 
-from pam_unshare import pamd, sessions
+from pam_unshare import pamd, proc, sessions
 
 SUDOERS_DIR = "/etc/sudoers.d"
 
@@ -70,10 +70,10 @@ def inits_of(uid: int) -> List[sessions.Session]:
             if any(m.process.uid == uid for m in s.members[1:])]
 
 
-def init_of_user(uid: int) -> sessions.Process | None:
+def init_of_user(uid: int) -> proc.Process | None:
     """PID 1 of the namespace a process of UID runs in, by what it looks like (no check of who
     made it): for attacks on a real init, where is_session_init's own checks are under test."""
-    table = sessions.processes()
+    table = proc.processes()
     namespaces = {p.namespace for p in table if p.uid == uid and len(p.nspid) > 1}
     return next((p for p in table if p.looks_like_session_init and p.namespace in namespaces),
                 None)

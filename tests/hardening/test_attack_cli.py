@@ -24,7 +24,7 @@ import pytest
 from conftest import require_tools
 
 from hardening.attacker import as_user, release, su_holding, wait_for
-from pam_unshare import sessions
+from pam_unshare import proc, sessions
 
 CLI = Path(sys.executable).parent / "pam-unshare"
 
@@ -56,7 +56,7 @@ def fake_init(pam_sandbox, users) -> Iterator[tuple[int, Path]]:
         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         def find() -> int | None:
-            for process_ in sessions.processes():
+            for process_ in proc.processes():
                 if process_.looks_like_session_init and process_.uid == uid:
                     return process_.pid
             return None
@@ -89,7 +89,7 @@ def test_enter_refuses_a_fake_init_even_when_asked_by_its_own_record(fake_init):
     """Past the listing: a Session record made from the fake (as a race between listing and
     entering could hand over) is refused by enter itself."""
     pid, marker = fake_init
-    fake = sessions.read_process(pid)
+    fake = proc.read_process(pid)
     assert fake is not None and fake.looks_like_session_init and not fake.is_session_init
     record = sessions.Session(init=fake, user="pu_alice", service="unknown", caller=None,
                               started=time.time(), on_logout="linger", scope="session",

@@ -26,7 +26,7 @@ from hardening.attacker import (
     su_holding,
     wait_for,
 )
-from pam_unshare import sessions
+from pam_unshare import proc
 
 FULL_LINE = "joining the user's namespace (max_sessions reached) failed for user {user}"
 QUOTA_LINE = "counting the user's sessions (max_sessions reached) failed for user {user}"
@@ -136,12 +136,12 @@ def test_a_lingering_init_without_descriptors_keeps_the_users_job(pam_sandbox, u
         prlimit_nofile(session.pid, lowest_free_fd(session.pid) + 1)
         release(held)
         time.sleep(1.5)
-        assert sessions.read_process(job) is not None, (
+        assert proc.read_process(job) is not None, (
             "PID 1 took a refused pidfd for an exited process, left, and killed the user's job")
-        assert sessions.read_process(session.pid) is not None
+        assert proc.read_process(session.pid) is not None
         prlimit_nofile(session.pid, 1024)
         subprocess.run(["kill", str(job)], check=True)
-        wait_for(lambda: sessions.read_process(session.pid) is None, what="PID 1 to leave")
+        wait_for(lambda: proc.read_process(session.pid) is None, what="PID 1 to leave")
     finally:
         if held.poll() is None:
             held.kill()
