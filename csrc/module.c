@@ -163,8 +163,11 @@ PAM_EXTERN int pam_sm_open_session(pam_handle_t *pamh, int flags, int argc, cons
         pam_set_data(pamh, SESSION_DATA, NULL, NULL);
         return session_failed(pamh, &opts, user, &why);
     }
-    pu_debug(pamh, &opts, "user %s: session init runs as pid %d, /proc mounted, caller joined",
-             user, (int)session->init_pid);
+    pu_debug(pamh, &opts,
+             "user %s: session init runs as pid %d, /proc mounted, caller joined (clone %ld us, "
+             "init ready %ld us, join %ld us)",
+             user, (int)session->init_pid, session->clone_us, session->ready_us,
+             session->join_us);
     return PAM_SUCCESS;
 }
 

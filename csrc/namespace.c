@@ -139,6 +139,14 @@ static void close_if_open(int *fd)
  * it on. */
 #define autoclose __attribute__((cleanup(close_if_open)))
 
+static long monotonic_us(void)
+{
+    struct timespec now;
+
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return now.tv_sec * 1000000L + now.tv_nsec / 1000;
+}
+
 static long monotonic_ms(void)
 {
     struct timespec now;
@@ -566,7 +574,7 @@ static int start_namespace(const struct pu_options *opts, const char *listen_pat
     autoclose int lifeline_read = -1, lifeline_write = -1, ready_read = -1, ready_write = -1;
     autoclose int pidfd = -1;
     int fds[2];
-    long pid;
+    long pid, started, cloned, ready;
 
     if (pipe2(fds, O_CLOEXEC) < 0)
         return fail(why, "creating the session lifeline pipe", errno);
@@ -580,6 +588,7 @@ static int start_namespace(const struct pu_options *opts, const char *listen_pat
     /* A fresh child in fresh namespaces: the caller itself changes only at the very end, in one
      * atomic setns(), so a failure anywhere before leaves it untouched. exit_signal 0 keeps the
      * init out of callers' SIGCHLD handlers and waitpid(-1) loops. */
+    started = monotonic_us();
     pid = clone_init(&pidfd);
     if (pid == 0) {
         struct init_fds given = {.lifeline = lifeline_read, .ready = ready_write, .listener = -1,
@@ -588,13 +597,22 @@ static int start_namespace(const struct pu_options *opts, const char *listen_pat
     }
     if (pid < 0)
         return fail(why, "creating the PID and mount namespaces", errno);
+    cloned = monotonic_us();
     close_if_open(&lifeline_read);
     close_if_open(&ready_write);
 
-    if (await_ready(ready_read, why) < 0 || join_namespaces(pidfd, why) < 0) {
+    if (await_ready(ready_read, why) < 0) {
         discard_init(pidfd);
         return -1;
     }
+    ready = monotonic_us();
+    if (join_namespaces(pidfd, why) < 0) {
+        discard_init(pidfd);
+        return -1;
+    }
+    session->clone_us = cloned - started;
+    session->ready_us = ready - cloned;
+    session->join_us = monotonic_us() - ready;
     session->pidfd = steal_fd(&pidfd);
     session->lifeline_fd = steal_fd(&lifeline_write);
     session->init_pid = (pid_t)pid;
