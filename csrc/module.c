@@ -131,8 +131,8 @@ PAM_EXTERN int pam_sm_open_session(pam_handle_t *pamh, int flags, int argc, cons
 
     if (caller_runs_program_itself(pamh)) {
         why = pu_failure_of("namespacing a session whose caller execs the program itself "
-                            "(PID 1's user manager or run0: cover it with `pam-unshare enable "
-                            "systemd-user`, a unit drop-in)",
+                            "(PID 1's user manager: `pam-unshare enable systemd-user` covers it "
+                            "with a unit drop-in; run0: see the README)",
                             EOPNOTSUPP);
         return session_failed(pamh, &opts, user, &why);
     }

@@ -60,3 +60,32 @@ def replace_atomically(target: Path, data: bytes, mode: int, uid: int, gid: int)
         replace_at(directory, target.name, data, mode, uid, gid)
     finally:
         os.close(directory)
+
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def open_roots_dir(path: Path | str, at: int | None = None, create: bool = False) -> int:
+    """PATH (relative to the open directory AT when given) opened without following a symlink,
+    after checking on the descriptor itself that only root can write to it; with CREATE, made
+    0755 first if missing. Raises FileNotFoundError when it is missing, UnsafeDirectory when it
+    is not root's alone or not a directory."""
+    if create:
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(path, 0o755, dir_fd=at)
+    try:
+        fd = os.open(path, _DIR_FLAGS, dir_fd=at)
+    except FileNotFoundError:
+        raise
+    except OSError as error:  # ELOOP: a symlink; ENOTDIR
+        raise UnsafeDirectory(f"{path}: not a directory ({error.strerror})") from None
+    info = os.fstat(fd)
+    if info.st_uid != 0 or info.st_mode & 0o022:
+        os.close(fd)
+        raise UnsafeDirectory(f"{path}: not a directory only root can write to (owner uid "
+                              f"{info.st_uid}, mode {info.st_mode & 0o7777:o})")
+    return fd
+
+
+class UnsafeDirectory(Exception):
+    pass

@@ -113,9 +113,10 @@ def _report_dropin(change: usermanager.DropIn, dry_run: bool, done: str, unchang
 
 def _enable(args: argparse.Namespace) -> int:
     pam_services, user_manager = _split_user_manager(args.services)
-    outcome = None
+    if user_manager:
+        # Everything the drop-in's write could refuse is refused before a PAM file changes.
+        usermanager.check_writable(args.unit_dir)
     if pam_services:
-        # PAM first: it refuses (nothing written) before the drop-in exists.
         outcome = services.enable(pam_services, args.option, args.module, args.pam_dir,
                                   args.dry_run)
         _report(outcome, args.dry_run, "enabled", "unchanged")
@@ -126,10 +127,9 @@ def _enable(args: argparse.Namespace) -> int:
         try:
             change, note = usermanager.enable(args.unit_dir, args.dry_run)
         except (Refused, Failed, OSError) as error:
-            written = " (the PAM files above were written)" if outcome and outcome.changes \
-                and not args.dry_run else ""
-            kind = Refused if isinstance(error, Refused) and not written else Failed
-            raise kind(f"{usermanager.SERVICE}: {error}{written}") from None
+            done = " (the PAM files above are enabled)" if pam_services and not args.dry_run \
+                else ""
+            raise Failed(f"{usermanager.SERVICE}: {error}{done}") from None
         _report_dropin(change, args.dry_run, "enabled", "unchanged")
         if note:
             _print_notes([note])

@@ -4,10 +4,11 @@ everyone but root.
 
 One file, packaging/debian/dbus/pam-unshare.conf, shipped by the Debian package in
 /usr/share/dbus-1/system.d and by `pam-unshare install` in /etc/dbus-1/system.d on other hosts;
-both dbus-daemon and dbus-broker read those directories. A bus skips an included file it cannot
-parse and runs on without it (measured: dbus-daemon logs "Encountered error ... while parsing" and
-reloads), so a broken copy never breaks the bus or a login, but leaves the channel open: `status`
-says so.
+both dbus-daemon and dbus-broker read those directories. The two differ on a file they cannot
+parse: dbus-daemon skips it and runs on (measured: it logs "Encountered error ... while parsing"),
+leaving the channel open; dbus-broker rejects its whole configuration, ignoring a reload and
+failing to start at the next boot. So the file is only ever written whole (atomically, from the
+package's bytes), and `status` reports a copy that is not exactly ours.
 """
 
 from __future__ import annotations
@@ -45,7 +46,9 @@ class PolicyState:
 
     @property
     def closed(self) -> bool:
-        return self.state in ("installed", "modified", "no bus")
+        """Only our own bytes count: a bus skips a rule it cannot read (dbus-daemon logs an
+        invalid attribute and goes on), so an edited copy may deny nothing."""
+        return self.state in ("installed", "no bus")
 
     def as_dict(self) -> dict[str, object]:
         return {"path": self.path, "state": self.state, "closed": self.closed}
@@ -93,29 +96,51 @@ def reload_bus() -> str | None:
     return None
 
 
+def _has_bus(directory: Path) -> bool:
+    return directory.parent.is_dir() or PACKAGE_DIR.parent.is_dir()
+
+
 def install(directory: Path = ADMIN_DIR) -> tuple[Path | None, str | None]:
     """Writes the policy into DIRECTORY unless the package's copy is already in force; returns
-    the path written (None: nothing to do) and a note."""
-    if not directory.parent.is_dir():
+    the path written (None: nothing to do) and a note. Written through descriptors of
+    directories checked to be root's alone, never through a symlink."""
+    if not _has_bus(directory):
         return None, None  # no D-Bus on this host: nothing listens to close
-    current = state((directory, PACKAGE_DIR))
-    if current.state == "installed":
+    if state((directory, PACKAGE_DIR)).state == "installed":
         return None, None
-    os.makedirs(directory, 0o755, exist_ok=True)
-    info = os.lstat(directory)
-    if info.st_uid != 0 or info.st_mode & 0o022 or not os.path.isdir(directory) \
-            or os.path.islink(directory):
-        raise Refused(f"{directory}: not a directory only root can write to; the D-Bus policy "
-                      f"was not written")
-    atomic.replace_atomically(directory / NAME, source().read_bytes(), 0o644, 0, 0)
+    try:
+        os.makedirs(directory.parent.parent, 0o755, exist_ok=True)
+        base = atomic.open_roots_dir(directory.parent, create=True)
+        try:
+            sub = atomic.open_roots_dir(directory.name, at=base, create=True)
+        finally:
+            os.close(base)
+    except atomic.UnsafeDirectory as error:
+        raise Refused(f"{error}; the D-Bus policy was not written") from None
+    try:
+        atomic.replace_at(sub, NAME, source().read_bytes(), 0o644, 0, 0)
+    finally:
+        os.close(sub)
     return directory / NAME, reload_bus()
 
 
 def uninstall(directory: Path = ADMIN_DIR) -> Path | None:
-    path = directory / NAME
+    """Removes our copy from DIRECTORY (never the package's, which apt removes)."""
     try:
-        os.unlink(path)
+        base = atomic.open_roots_dir(directory.parent)
+        try:
+            sub = atomic.open_roots_dir(directory.name, at=base)
+        finally:
+            os.close(base)
     except FileNotFoundError:
         return None
+    except atomic.UnsafeDirectory as error:
+        raise Refused(f"{error}; the D-Bus policy was left in place") from None
+    try:
+        os.unlink(NAME, dir_fd=sub)
+    except FileNotFoundError:
+        return None
+    finally:
+        os.close(sub)
     reload_bus()
-    return path
+    return directory / NAME

@@ -182,3 +182,12 @@ def mounts(pid: int | str = "self") -> List[Mount]:
             continue
         found.append(Mount(_unescape(fields[4]), rest[0], tuple(rest[2].split(","))))
     return found
+
+
+def executable(pid: int) -> str:
+    """What PID runs (/proc/PID/exe), "" when it cannot be read. Unlike argv, a process cannot
+    choose it."""
+    try:
+        return os.readlink(f"/proc/{pid}/exe")
+    except OSError:
+        return ""

@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Dict, List
 
 from pam_unshare import __version__, audit, dbuspolicy, options, paths, system, usermanager
+from pam_unshare.errors import Refused
 from pam_unshare.stacks import PamTree
 
 
@@ -79,17 +80,36 @@ def _uncovered(tree: PamTree, unit_dir: Path) -> List[Dict[str, str]]:
     if not policy.closed:
         why = {"missing": "no pam-unshare.conf in /etc/dbus-1/system.d or "
                           "/usr/share/dbus-1/system.d",
-               "broken": f"{policy.path} does not parse, so the bus skips it"}[policy.state]
+               "broken": f"{policy.path} does not parse: dbus-daemon skips it, dbus-broker "
+                         f"rejects its whole configuration (no system bus at the next boot)",
+               "modified": f"{policy.path} is not the shipped policy: the bus may enforce "
+                           f"none of it"}[policy.state]
         found.append({"service": "system bus", "what": "systemd's process lists over D-Bus "
                       "(systemctl status, loginctl)", "why": why,
                       "close": "pam-unshare install (or the libpam-unshare package)"})
-    if usermanager.unit_exists() and not usermanager.is_installed(unit_dir):
-        found.append({"service": usermanager.SERVICE,
-                      "what": audit.SESSION_SERVICES[usermanager.SERVICE],
-                      "why": f"no {usermanager.DROPIN_DIR}/{usermanager.DROPIN_NAME} in "
-                             f"{unit_dir}",
-                      "close": f"pam-unshare enable {usermanager.SERVICE}"})
+    if usermanager.unit_exists():
+        found += _user_manager_ways(unit_dir)
     return found
+
+
+def _user_manager_ways(unit_dir: Path) -> List[Dict[str, str]]:
+    what = audit.SESSION_SERVICES[usermanager.SERVICE]
+    close = f"pam-unshare enable {usermanager.SERVICE}"
+    try:
+        installed = usermanager.is_installed(unit_dir)
+    except Refused as error:
+        return [{"service": usermanager.SERVICE, "what": what,
+                 "why": f"its drop-in cannot be read: {error}", "close": close}]
+    if not installed:
+        return [{"service": usermanager.SERVICE, "what": what,
+                 "why": f"no {usermanager.DROPIN_DIR}/{usermanager.DROPIN_NAME} in {unit_dir}",
+                 "close": close}]
+    stale = usermanager.managers_without_it()
+    if not stale:
+        return []
+    units = " ".join(f"user@{uid}.service" for uid in stale)
+    return [{"service": usermanager.SERVICE, "what": "user managers started before the drop-in",
+             "why": f"still see every process: {units}", "close": f"systemctl restart {units}"}]
 
 
 def collect(pam_dir: Path, unit_dir: Path = usermanager.DEFAULT_UNIT_DIR) -> Dict[str, object]:

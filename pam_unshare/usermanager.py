@@ -23,7 +23,7 @@ import stat
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, List
+from typing import List
 
 from pam_unshare import atomic, proc
 from pam_unshare.errors import Failed, Refused
@@ -41,7 +41,6 @@ DROPIN_TEXT = """\
 [Service]
 ProtectProc=invisible
 """
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 @dataclass(frozen=True)
@@ -64,63 +63,57 @@ def dropin_path(unit_dir: Path = DEFAULT_UNIT_DIR) -> Path:
     return unit_dir / DROPIN_DIR / DROPIN_NAME
 
 
-@contextlib.contextmanager
-def _open_dir(path: Path) -> Iterator[int | None]:
-    """PATH opened without following a symlink, after checking that only root can change it.
-    Yields None when it does not exist."""
+def _open(path: str | Path, at: int | None = None, create: bool = False) -> int | None:
+    """A directory of root's alone, or None when it does not exist (and CREATE is false)."""
     try:
-        fd = os.open(path, _DIR_FLAGS)
+        return atomic.open_roots_dir(path, at, create)
     except FileNotFoundError:
-        yield None
-        return
-    except OSError as error:
-        raise Refused(f"{path}: cannot open it as a directory of root's ({error.strerror}); "
-                      f"nothing written") from None
-    try:
-        info = os.fstat(fd)
-        if info.st_uid != 0 or info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-            raise Refused(f"{path}: not a directory only root can write to (owner uid "
-                          f"{info.st_uid}, mode {stat.S_IMODE(info.st_mode):o}); nothing written")
-        yield fd
-    finally:
-        os.close(fd)
-
-
-def _read_at(directory: int | None, name: str) -> str | None:
-    if directory is None:
         return None
+    except atomic.UnsafeDirectory as error:
+        raise Refused(f"{error}; nothing written") from None
+
+
+def _read_at(directory: int, name: str) -> str | None:
     try:
         fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=directory)
     except FileNotFoundError:
         return None
     except OSError as error:
-        raise Refused(f"{DROPIN_DIR}/{name}: cannot read it ({error.strerror}); nothing "
-                      f"written") from None
+        raise Refused(f"{DROPIN_DIR}/{name}: cannot read it ({error.strerror})") from None
     with os.fdopen(fd, "rb") as handle:
         if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
-            raise Refused(f"{DROPIN_DIR}/{name}: not a regular file; nothing written")
+            raise Refused(f"{DROPIN_DIR}/{name}: not a regular file")
         return handle.read().decode(errors="replace")
 
 
 def read(unit_dir: Path = DEFAULT_UNIT_DIR) -> str | None:
-    """The drop-in's text, or None when there is none."""
-    if not unit_dir.is_dir():
+    """The drop-in's text, or None when there is none. Refused when something in its place is
+    not what enable writes (a symlink, a directory others can write to)."""
+    base = _open(unit_dir)
+    if base is None:
         return None
-    with _open_dir(unit_dir) as base:
-        if base is None:
-            return None
-        try:
-            sub = os.open(DROPIN_DIR, _DIR_FLAGS, dir_fd=base)
-        except FileNotFoundError:
+    try:
+        sub = _open(DROPIN_DIR, at=base)
+        if sub is None:
             return None
         try:
             return _read_at(sub, DROPIN_NAME)
         finally:
             os.close(sub)
+    finally:
+        os.close(base)
 
 
 def is_installed(unit_dir: Path = DEFAULT_UNIT_DIR) -> bool:
     return read(unit_dir) == DROPIN_TEXT
+
+
+def check_writable(unit_dir: Path = DEFAULT_UNIT_DIR) -> None:
+    """Refuses, before anything is written anywhere, what enable would refuse later: a missing
+    or unsafe unit directory, an unsafe drop-in directory or file."""
+    if not unit_dir.is_dir():
+        raise Refused(f"{unit_dir}: no such directory (is systemd installed?); nothing written")
+    read(unit_dir)
 
 
 def _reload(unit_dir: Path) -> str | None:
@@ -142,38 +135,33 @@ def _reload(unit_dir: Path) -> str | None:
 
 
 def enable(unit_dir: Path = DEFAULT_UNIT_DIR, dry_run: bool = False) -> tuple[DropIn, str | None]:
-    path = dropin_path(unit_dir)
-    if not unit_dir.is_dir():
-        raise Refused(f"{unit_dir}: no such directory (is systemd installed?); nothing written")
-    before = read(unit_dir)
-    change = DropIn(path, before, DROPIN_TEXT)
+    check_writable(unit_dir)
+    change = DropIn(dropin_path(unit_dir), read(unit_dir), DROPIN_TEXT)
     if dry_run or not change.changed:
         return change, None
-    with _open_dir(unit_dir) as base:
-        assert base is not None
-        with contextlib.suppress(FileExistsError):
-            os.mkdir(DROPIN_DIR, 0o755, dir_fd=base)
-        sub = os.open(DROPIN_DIR, _DIR_FLAGS, dir_fd=base)
+    base = _open(unit_dir)
+    assert base is not None
+    try:
+        sub = _open(DROPIN_DIR, at=base, create=True)
+        assert sub is not None
         try:
-            info = os.fstat(sub)
-            if info.st_uid != 0 or info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
-                raise Refused(f"{path.parent}: not a directory only root can write to; "
-                              f"nothing written")
             atomic.replace_at(sub, DROPIN_NAME, DROPIN_TEXT.encode(), 0o644, 0, 0)
         finally:
             os.close(sub)
+    finally:
+        os.close(base)
     return change, _reload(unit_dir)
 
 
 def disable(unit_dir: Path = DEFAULT_UNIT_DIR, dry_run: bool = False) -> DropIn:
-    path = dropin_path(unit_dir)
-    before = read(unit_dir)
-    change = DropIn(path, before, None)
-    if dry_run or before is None:
+    change = DropIn(dropin_path(unit_dir), read(unit_dir), None)
+    if dry_run or change.before is None:
         return change
-    with _open_dir(unit_dir) as base:
-        assert base is not None
-        sub = os.open(DROPIN_DIR, _DIR_FLAGS, dir_fd=base)
+    base = _open(unit_dir)
+    assert base is not None
+    try:
+        sub = _open(DROPIN_DIR, at=base)
+        assert sub is not None
         try:
             os.unlink(DROPIN_NAME, dir_fd=sub)
             os.fsync(sub)
@@ -181,6 +169,8 @@ def disable(unit_dir: Path = DEFAULT_UNIT_DIR, dry_run: bool = False) -> DropIn:
             os.close(sub)
         with contextlib.suppress(OSError):  # kept when it holds other drop-ins
             os.rmdir(DROPIN_DIR, dir_fd=base)
+    finally:
+        os.close(base)
     _reload(unit_dir)
     return change
 
@@ -198,8 +188,10 @@ def _proc_is_hidden(pid: int) -> bool | None:
 
 def managers_without_it() -> List[int]:
     """The uids of running user managers whose /proc shows other users' processes. A user can
-    name a process of theirs `systemd --user`: that only ever lists their own uid."""
+    name a process of theirs `systemd --user` (even run the real one): that only ever lists
+    their own uid, as one to restart."""
     open_uids = {p.uid for p in proc.processes()
-                 if len(p.argv) >= 2 and p.argv[0].endswith("/systemd") and p.argv[1] == "--user"
-                 and p.uid != 0 and _proc_is_hidden(p.pid) is False}
+                 if len(p.argv) >= 2 and p.argv[1] == "--user" and p.uid != 0
+                 and proc.executable(p.pid).endswith("/systemd")
+                 and _proc_is_hidden(p.pid) is False}
     return sorted(open_uids)

@@ -78,7 +78,8 @@ def test_state_tells_a_policy_the_bus_skips(dbus_dir, text, expected) -> None:
     other = dbus_dir.parent / "share"  # an empty package directory
     state = dbuspolicy.state((dbus_dir, other))
     assert state.state == expected
-    assert state.closed == (expected == "modified")
+    # An edited copy may enforce nothing (a bus skips what it cannot read): never "closed".
+    assert not state.closed
 
 
 def test_status_lists_the_bus_as_a_way_around_while_the_policy_is_missing(run, pam_dir) -> None:
@@ -87,3 +88,34 @@ def test_status_lists_the_bus_as_a_way_around_while_the_policy_is_missing(run, p
     assert facts["dbus_policy"]["state"] == state.state
     listed = "system bus" in {u["service"] for u in facts["uncovered"]}
     assert listed == (not state.closed)
+
+
+def test_install_creates_the_admin_directory_where_only_the_package_one_exists(
+        run, tmp_path) -> None:
+    """Hosts with /usr/share/dbus-1 but no /etc/dbus-1 (Arch-like): status would ask for
+    install forever if install did nothing there."""
+    dbus_dir = tmp_path / "etc" / "dbus-1" / "system.d"
+    (tmp_path / "etc").mkdir()
+    modules = tmp_path / "security"
+    modules.mkdir()
+    dbuspolicy_package = dbuspolicy.PACKAGE_DIR
+    try:
+        dbuspolicy.PACKAGE_DIR = tmp_path / "share" / "dbus-1" / "system.d"
+        dbuspolicy.PACKAGE_DIR.mkdir(parents=True)
+        status, out, err = run("install", "--dest", str(modules), "--dbus-dir", str(dbus_dir))
+    finally:
+        dbuspolicy.PACKAGE_DIR = dbuspolicy_package
+    assert status == 0, err
+    assert (dbus_dir / dbuspolicy.NAME).read_bytes() == SHIPPED.read_bytes()
+
+
+def test_a_symlinked_policy_directory_is_refused(run, tmp_path, dbus_dir) -> None:
+    """Attack: system.d replaced by a symlink to a directory someone else controls."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    dbus_dir.symlink_to(elsewhere)
+    modules = tmp_path / "security"
+    modules.mkdir()
+    status, _, err = run("install", "--dest", str(modules), "--dbus-dir", str(dbus_dir))
+    assert status == 2, err
+    assert list(elsewhere.iterdir()) == []

@@ -112,3 +112,28 @@ def test_enable_su_and_systemd_user_together(run, pam_dir, unit_dir, module_path
     assert status == 0, err
     assert "pam_unshare.so" in (pam_dir / "su").read_text()
     assert dropin(unit_dir).exists()
+
+
+def test_a_refused_dropin_leaves_the_pam_files_alone(run, pam_dir, unit_dir, module_path) -> None:
+    """`enable su systemd-user` with an unsafe drop-in directory: refused before su changes
+    (all or nothing, as for PAM files)."""
+    (unit_dir / usermanager.DROPIN_DIR).mkdir()
+    os.chmod(unit_dir / usermanager.DROPIN_DIR, 0o775)
+    before = (pam_dir / "su").read_bytes()
+    status, _, err = run("enable", "su", "systemd-user", "--module", str(module_path),
+                         "--pam-dir", str(pam_dir), "--unit-dir", str(unit_dir))
+    assert status == 2, err
+    assert (pam_dir / "su").read_bytes() == before
+
+
+def test_status_reports_an_unreadable_dropin_and_goes_on(run, pam_dir, unit_dir,
+                                                         tmp_path) -> None:
+    if not usermanager.unit_exists():
+        pytest.fail("this machine has no user@.service: install systemd (bootstrap does)")
+    (unit_dir / usermanager.DROPIN_DIR).mkdir()
+    (unit_dir / usermanager.DROPIN_DIR / usermanager.DROPIN_NAME).symlink_to(tmp_path / "x")
+    status, out, err = run("status", "--json", "--pam-dir", str(pam_dir), "--unit-dir",
+                           str(unit_dir))
+    assert status == 0, err
+    ways = {u["service"]: u for u in json.loads(out)["uncovered"]}
+    assert "cannot be read" in ways["systemd-user"]["why"]
