@@ -77,6 +77,7 @@ class Report:
     entries: List[str]
     cells: List[Cell] = field(default_factory=list)
     errors: List[EntryError] = field(default_factory=list)
+    notes: List[str] = field(default_factory=list)  # e.g. a session that failed to close
 
     @property
     def leaks(self) -> List[Cell]:
@@ -103,6 +104,13 @@ def _cmdline(pid: int) -> bytes:
             return handle.read()
     except OSError:
         return b""
+
+
+def _owner(pid: int) -> int | None:
+    try:
+        return os.stat(f"/proc/{pid}").st_uid
+    except OSError:
+        return None
 
 
 class ForeignProcess:
@@ -132,8 +140,10 @@ class ForeignProcess:
                                             extra_groups=[], stdin=subprocess.DEVNULL,
                                             stdout=subprocess.DEVNULL,
                                             stderr=subprocess.DEVNULL, start_new_session=True)
+        # Until then, systemd-run's own command line holds the secret too, as root's.
+        wanted = b"\0".join(word.encode() for word in command) + b"\0"
         deadline = time.monotonic() + 60
-        while self.secret.encode() not in _cmdline(self.process.pid):
+        while _cmdline(self.process.pid) != wanted or _owner(self.process.pid) != account.pw_uid:
             if self.process.poll() is not None:
                 why = self.process.stderr.read().decode(errors="replace").strip() \
                     if self.process.stderr else ""
@@ -205,9 +215,16 @@ class ThrowawayUser:
         if not self.created:
             return
         uid = pwd.getpwnam(self.name).pw_uid
-        if systemd_booted() and shutil.which("loginctl"):
-            # Its user manager (started by pam_systemd) and runtime directory go with it.
+        managed = systemd_booted() and shutil.which("loginctl") is not None
+        units = [f"user@{uid}.service", f"user-runtime-dir@{uid}.service"]
+        if managed:
+            # Its user manager (started by pam_systemd) and runtime directory go with it; let
+            # them stop on their own (killed, the manager would stay listed as failed).
             subprocess.run(["loginctl", "terminate-user", self.name], capture_output=True)
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and subprocess.run(
+                    ["systemctl", "is-active", "--quiet", *units]).returncode == 0:
+                time.sleep(0.1)
         problem = ""
         for _ in range(50):
             self._kill_all(uid)
@@ -216,6 +233,8 @@ class ThrowawayUser:
             # userdel exits 12 when only the mail spool was missing: the account is gone.
             if result.returncode in (0, 12):
                 self.created = False
+                if managed:
+                    subprocess.run(["systemctl", "reset-failed", *units], capture_output=True)
                 return
             problem = result.stderr.strip()
             time.sleep(0.2)
@@ -267,16 +286,16 @@ def _session_child(service: str, account: pwd.struct_passwd, out: int,
         _, status = os.waitpid(child, 0)
         try:
             session.close()
-        except PamError as error:
-            os.write(out, f"\nverify-error\t{error}\n".encode())
+        except PamError as error:  # the probe ran: its verdicts stand
+            os.write(out, f"\nverify-note\t{error}\n".encode())
             return 5
         return os.waitstatus_to_exitcode(status)
     finally:
         session.end()
 
 
-def _probe_in_session(service: str, account: pwd.struct_passwd,
-                      env: Dict[str, str]) -> List[probes.ChannelResult]:
+def _probe_in_session(service: str, account: pwd.struct_passwd, env: Dict[str, str],
+                      notes: List[str]) -> List[probes.ChannelResult]:
     reader, writer = os.pipe()
     child = os.fork()
     if child == 0:
@@ -312,6 +331,8 @@ def _probe_in_session(service: str, account: pwd.struct_passwd,
     for line in text.splitlines():
         if line.startswith("verify-error\t"):
             raise Failed(line.split("\t", 1)[1])
+        if line.startswith("verify-note\t"):
+            notes.append(f"{service}: {line.split(chr(9), 1)[1]}")
     return probes.parse(text)
 
 
@@ -335,6 +356,13 @@ def _reap(child: int) -> None:
     os.waitpid(child, 0)
 
 
+def _not_a_service(name: str) -> bool:
+    """Files that no program names as its service: Debian's common-* include files, and libpam's
+    fallback "other" (named as a service, libpam loads it twice: as the service and as the
+    fallback, and its session modules run twice)."""
+    return name == "other" or name.startswith("common-")
+
+
 def _services(requested: Sequence[str]) -> List[str]:
     if requested:
         for service in requested:
@@ -342,7 +370,8 @@ def _services(requested: Sequence[str]) -> List[str]:
                 raise Refused(f"unknown service {service}: {PAM_DIR / service} does not exist "
                               f"(libpam would use {PAM_DIR / 'other'} instead)")
         return list(dict.fromkeys(requested))
-    found = [entry.service for entry in audit.enabled(PamTree(PAM_DIR))]
+    found = [entry.service for entry in audit.enabled(PamTree(PAM_DIR))
+             if not _not_a_service(entry.service)]
     if not found:
         raise Refused(f"no service in {PAM_DIR} runs pam_unshare.so: nothing to verify (name "
                       f"one with --service to see what it leaks)")
@@ -410,7 +439,7 @@ def run(user: str | None = None, services: Sequence[str] = ()) -> Report:
                          f"the probe is broken")
         for service in entries:
             try:
-                results = _probe_in_session(service, account, env)
+                results = _probe_in_session(service, account, env, report.notes)
             except (Failed, probes.ProbeError) as error:
                 report.errors.append(EntryError(service, str(error)))
                 continue
@@ -449,6 +478,8 @@ def format_report(report: Report) -> str:
         lines.append(f"OPEN: {cell.channel} through {cell.entry}: {cell.evidence}")
     for error in report.errors:
         lines.append(f"error: {error.entry}: no probe ran: {error.message}")
+    for note in report.notes:
+        lines.append(f"note: {note}")
     unit = f", unit {report.foreign.unit}" if report.foreign.unit else ""
     who = f"throwaway user {report.user}" if report.throwaway_user else f"user {report.user}"
     verdict = ("isolated: no channel shows the foreign process" if report.ok
