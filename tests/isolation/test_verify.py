@@ -39,15 +39,24 @@ _installed: Dict[str, str] = {}
 
 def _upload_cli(target: Target) -> None:
     buffer = io.BytesIO()
+    package = Path(pam_unshare.__file__).parent
     with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        tar.add(str(Path(pam_unshare.__file__).parent), arcname="pam_unshare",
-                filter=lambda info: None if "__pycache__" in info.name else info)
+        # Not the built module (lib/): verify runs the host's own, as PAM does.
+        tar.add(str(package), arcname="pam_unshare",
+                filter=lambda info: None if "__pycache__" in info.name
+                or info.name.startswith("pam_unshare/lib") else info)
         backend = Path(_cffi_backend.__file__)
         tar.add(str(backend), arcname=backend.name)
     encoded = base64.b64encode(buffer.getvalue()).decode()
-    result = target.host.run(f"rm -rf {REMOTE_CLI} && mkdir -p {REMOTE_CLI} && echo {encoded} | "
-                             f"base64 -d | tar -xz -C {REMOTE_CLI}")
-    assert result.rc == 0, f"{target.name}: copying the CLI failed: {result.stderr}"
+    staged = f"{REMOTE_HELPERS}/cli.tgz.b64"
+    result = target.host.run(f"rm -rf {REMOTE_CLI} && mkdir -p {REMOTE_CLI} && : > {staged}")
+    assert result.rc == 0, f"{target.name}: {result.stderr}"
+    # In pieces: one argument of a command line holds at most 128 KiB.
+    for start in range(0, len(encoded), 65536):
+        result = target.host.run(f"printf %s {encoded[start:start + 65536]} >> {staged}")
+        assert result.rc == 0, f"{target.name}: copying the CLI failed: {result.stderr}"
+    result = target.host.run(f"base64 -d {staged} | tar -xz -C {REMOTE_CLI} && rm {staged}")
+    assert result.rc == 0, f"{target.name}: unpacking the CLI failed: {result.stderr}"
 
 
 def cli(target: Target) -> str:
