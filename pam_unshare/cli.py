@@ -296,8 +296,7 @@ def _add_observe_commands(commands: argparse._SubParsersAction) -> None:
                         help="the command and its arguments")
 
     parser = _command(
-        commands, "verify", "prove isolation on this host: probe every channel from real "
-        "sessions (root)",
+        commands, "verify", "prove the isolation from real sessions, channel by channel (root)",
         "  pam-unshare verify                     every service that runs the module\n"
         "  pam-unshare verify --service su --json one service, as JSON\n"
         "  pam-unshare verify --user alice        sessions of alice, not a throwaway user\n",
