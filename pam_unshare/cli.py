@@ -297,9 +297,9 @@ def _add_observe_commands(commands: argparse._SubParsersAction) -> None:
 
     parser = _command(
         commands, "verify", "prove the isolation from real sessions, channel by channel (root)",
-        "  pam-unshare verify                     every service that runs the module\n"
-        "  pam-unshare verify --service su --json one service, as JSON\n"
-        "  pam-unshare verify --user alice        sessions of alice, not a throwaway user\n",
+        "  pam-unshare verify                          every service that runs the module\n"
+        "  pam-unshare verify --service su sudo --json two services, as JSON\n"
+        "  pam-unshare verify --user alice             sessions of alice, not a throwaway user\n",
         _verify,
         "Starts a process as nobody with a secret word on its command line (in a systemd scope "
         "when systemd is PID 1), then opens a real PAM session through each service that runs "
@@ -314,8 +314,8 @@ def _add_observe_commands(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--user", metavar="USER",
                         help="open the sessions as USER (an existing ordinary account) instead "
                         "of a throwaway user")
-    parser.add_argument("--service", action="append", default=[], metavar="SERVICE",
-                        help="verify this PAM service (repeatable; default: every service "
+    parser.add_argument("--service", action="extend", nargs="+", default=[], metavar="SERVICE",
+                        help="verify these PAM services (repeatable; default: every service "
                         "whose session stack runs pam_unshare.so)")
     parser.add_argument("--json", action="store_true", help="print JSON")
 

@@ -50,7 +50,10 @@ secret=$PU_SECRET_HEAD$PU_SECRET_TAIL
 unit=${PU_UNIT:-}
 me=$(id -u)
 [ -n "$PU_SECRET_HEAD" ] && [ -n "$PU_SECRET_TAIL" ] || { echo "probe: no secret" >&2; exit 2; }
-if command -v timeout >/dev/null 2>&1; then
+if timeout --foreground 5 true 2>/dev/null; then
+    # In the probe's process group: a signal to the group (verify interrupted) reaches it.
+    t() { timeout --foreground @TIMEOUT@ "$@"; }
+elif command -v timeout >/dev/null 2>&1; then
     t() { timeout @TIMEOUT@ "$@"; }
 else
     t() { "$@"; }
