@@ -122,7 +122,11 @@ class ForeignProcess:
         self.process: subprocess.Popen | None = None
 
     def start(self) -> Foreign:
-        account = pwd.getpwnam(FOREIGN_USER)
+        try:
+            account = pwd.getpwnam(FOREIGN_USER)
+        except KeyError:
+            raise Failed(f"no user {FOREIGN_USER} on this host to own the foreign process") \
+                from None
         command = ["/bin/sh", "-c", "sleep 86400; exit 0", self.secret]
         if systemd_booted() and shutil.which("systemd-run"):
             # A scope, not a service: its process is this child, and no ExecStart property
