@@ -195,6 +195,7 @@ class ThrowawayUser:
             # its backup next to it, in the directory beneath the mount.
             raise Failed(f"{', '.join(mounted)} mounted over (a sandbox?): useradd cannot "
                          f"write there; pass --user to use an existing account")
+        self.created = True  # from here on: a signal could land while useradd is writing
         result = subprocess.run(["useradd", "--system", "--user-group", "--create-home",
                                  "--shell", "/bin/sh", "--comment",
                                  "pam-unshare verify (temporary)", self.name],
@@ -202,7 +203,6 @@ class ThrowawayUser:
         if result.returncode != 0:
             raise Failed(f"useradd {self.name} failed: {result.stderr.strip()} (pass --user "
                          f"to use an existing account)")
-        self.created = True
         return self.name
 
     def _kill_all(self, uid: int) -> None:
@@ -218,7 +218,11 @@ class ThrowawayUser:
     def remove(self) -> None:
         if not self.created:
             return
-        uid = pwd.getpwnam(self.name).pw_uid
+        try:
+            uid = pwd.getpwnam(self.name).pw_uid
+        except KeyError:  # useradd failed, or was stopped before it wrote the account
+            self.created = False
+            return
         managed = systemd_booted() and shutil.which("loginctl") is not None
         units = [f"user@{uid}.service", f"user-runtime-dir@{uid}.service"]
         if managed:
