@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import pwd
 import shlex
 import sys
 import tarfile
@@ -25,6 +26,7 @@ import _cffi_backend
 import pam_unshare
 from isolation.targets import REMOTE_HELPERS, LocalTarget, Target
 from pam_unshare import probes
+from pam_unshare.sandbox import free_id
 
 # On the emulated VM a verify run costs about a minute: there, only the first test runs (verify
 # proves su and sudo); the others exercise the same code as on the container (tests/isolation/
@@ -33,6 +35,7 @@ NATIVE_SPEED_ONLY = ("test_verify_names_the_channels_of_a_service_without_the_mo
                      "test_verify_names_systemds_process_lists_without_the_dbus_policy",
                      "test_verify_cleans_up_when_interrupted")
 REMOTE_CLI = f"{REMOTE_HELPERS}/cli"
+LOCAL_USER = "pu_verifier"
 PLAIN_SERVICE = "pu-verify-plain"  # a service that opens sessions without the module
 PLAIN_STACK = ("auth required pam_permit.so\naccount required pam_permit.so\n"
                "session required pam_permit.so\n")
@@ -77,6 +80,16 @@ def cli(target: Target) -> str:
             code = "import sys; from pam_unshare.cli import main; sys.exit(main())"
             _installed[target.name] = f"env PYTHONPATH={REMOTE_CLI} python3 -c {shlex.quote(code)}"
     return _installed[target.name]
+
+
+def local_user(target: LocalTarget) -> str:
+    """A user of the sandbox that no other test logs in as: processes left by other tests'
+    sessions (on_logout=linger) must not count as verify's."""
+    try:
+        pwd.getpwnam(LOCAL_USER)
+    except KeyError:
+        target.sandbox.sandbox.add_user(LOCAL_USER, free_id())
+    return LOCAL_USER
 
 
 def user_args(target: Target, local_user: str = "pu_alice") -> List[str]:
@@ -227,9 +240,9 @@ def test_verify_names_systemds_process_lists_without_the_dbus_policy(target):
 def test_verify_cleans_up_when_interrupted(target):
     """SIGINT while a session's probe runs: the run ends with 130 and leaves nothing."""
     before = failed_units(target)
-    user = ["--user", "pu_dave"] if isinstance(target, LocalTarget) else []
-    # Sessions of the throwaway user (pu-verify-...) or of pu_dave: a probe is running.
-    pattern = "^pu_dave$" if user else "^pu-verify-[0-9a-f]*$"
+    user = ["--user", local_user(target)] if isinstance(target, LocalTarget) else []
+    # A process of the throwaway user (pu-verify-...) or of the local one: a probe is running.
+    pattern = f"^{user[1]}$" if user else "^pu-verify-[0-9a-f]*$"
     script = (f"{cli(target)} verify {shlex.join(user)} >/dev/null 2>&1 & p=$!; i=0; "
               f"while [ $i -lt 1200 ] && ! ps -e -o user:32= | grep -q {shlex.quote(pattern)}; "
               f"do sleep 0.05; i=$((i + 1)); done; "
