@@ -22,6 +22,7 @@ from pam_unshare import (
     sessions,
     status,
     usermanager,
+    verify,
 )
 from pam_unshare.errors import Failed, Refused
 from pam_unshare.stacks import PamTree
@@ -34,6 +35,7 @@ EPILOG = """examples:
   pam-unshare status                      module, services, kernel support, coverage
   pam-unshare sessions --tree             live sessions and their processes (root)
   pam-unshare enter 4026532187            a shell inside that session's namespaces (root)
+  pam-unshare verify                      prove it: probe every channel from real sessions
   pam-unshare check                       validate every pam_unshare line; non-zero on problems
   pam-unshare disable su sudo sudo-i sshd undo enable, byte for byte (root)
 
@@ -200,6 +202,20 @@ def _check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _verify(args: argparse.Namespace) -> int:
+    try:
+        report = verify.run(args.user, args.service)
+    except verify.Interrupted as stop:
+        print(f"pam-unshare: verify: stopped by {stop}; the foreign process and the throwaway "
+              f"user are removed", file=sys.stderr)
+        return 128 + stop.signum
+    if args.json:
+        print(json.dumps(report.as_dict(), indent=2))
+    else:
+        sys.stdout.write(verify.format_report(report))
+    return 0 if report.ok else 1
+
+
 def _module_path(_args: argparse.Namespace) -> int:
     print(paths.module_path())
     return 0
@@ -348,6 +364,30 @@ def _add_observe_commands(commands: argparse._SubParsersAction) -> None:
                         "session's PID 1")
     parser.add_argument("command", nargs=argparse.REMAINDER, metavar="-- COMMAND",
                         help="the command and its arguments")
+
+    parser = _command(
+        commands, "verify", "prove the isolation from real sessions, channel by channel (root)",
+        "  pam-unshare verify                          every service that runs the module\n"
+        "  pam-unshare verify --service su sudo --json two services, as JSON\n"
+        "  pam-unshare verify --user alice             sessions of alice, not a throwaway user\n",
+        _verify,
+        "Starts a process as nobody with a secret word on its command line (in a systemd scope "
+        "when systemd is PID 1), then opens a real PAM session through each service that runs "
+        "the module (or each --service) and looks for that process from inside, as the user, "
+        "through every channel: ps, /proc, other procfs mounts, cgroup.procs, kill -0, "
+        "systemctl status, loginctl, systemd's GetUnitProcesses and systemd-run --user. Root, "
+        "outside any session, runs the same probes as the control and must see the process. "
+        "Prints the matrix channel x service (closed, OPEN, n/a) with the evidence of each "
+        "OPEN; exit status 1 if any channel is open or a service could not be verified. The "
+        "user is a throwaway system account (useradd, removed afterwards) unless --user is "
+        "given. Leaves no process, user or unit behind, also when interrupted.")
+    parser.add_argument("--user", metavar="USER",
+                        help="open the sessions as USER (an existing ordinary account) instead "
+                        "of a throwaway user")
+    parser.add_argument("--service", action="extend", nargs="+", default=[], metavar="SERVICE",
+                        help="verify these PAM services (repeatable; default: every service "
+                        "whose session stack runs pam_unshare.so)")
+    parser.add_argument("--json", action="store_true", help="print JSON")
 
 
 def build_parser() -> argparse.ArgumentParser:

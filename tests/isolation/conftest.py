@@ -69,6 +69,25 @@ def pytest_itemcollected(item: pytest.Item) -> None:
         item.add_marker(pytest.mark.xdist_group(host.backend.get_pytest_id()))
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
+    """A test module may list test names in NATIVE_SPEED_ONLY: those are deselected (not
+    skipped: they never count) on the suite's emulated hosts (tier scale < 1), where each would
+    cost minutes and cover nothing the container does not."""
+    keep, drop = [], []
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        host = callspec.params.get("_testinfra_host") if callspec else None
+        only = getattr(getattr(item, "module", None), "NATIVE_SPEED_ONLY", ())
+        tier = TIERS.get(host_name(host)) if host is not None else None
+        if item.originalname in only and tier is not None and tier.scale < 1:
+            drop.append(item)
+        else:
+            keep.append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
+
+
 @pytest.fixture(scope="session")
 def tiers(pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathFactory
           ) -> Iterator[Tiers]:

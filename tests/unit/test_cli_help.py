@@ -15,8 +15,9 @@ from pam_unshare import cli
 
 SCRIPT = Path(sys.executable).parent / "pam-unshare"
 COMMANDS = ("install", "uninstall", "enable", "disable", "status", "sessions", "enter", "check",
-            "module-path", "demo")
-ROOT_COMMANDS = ("install", "uninstall", "enable", "disable", "sessions", "enter", "demo")
+            "module-path", "demo", "verify")
+ROOT_COMMANDS = ("install", "uninstall", "enable", "disable", "sessions", "enter", "demo",
+                 "verify")
 
 
 def pam_unshare(*args: str) -> subprocess.CompletedProcess:
@@ -72,6 +73,7 @@ def test_errors_are_one_line_without_a_traceback(args, status, message):
     (["enter", "1"], "pam-unshare enter must run as root"),
     (["install"], "pam-unshare install must run as root"),
     (["uninstall"], "pam-unshare uninstall must run as root"),
+    (["verify"], "pam-unshare verify must run as root"),
 ])
 def test_commands_that_need_root_say_so(args, reason, monkeypatch, capsys):
     monkeypatch.setattr(os, "geteuid", lambda: 1000)
