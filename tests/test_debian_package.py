@@ -26,11 +26,17 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List
-from urllib.parse import unquote
 
 import pytest
 from conftest import require_tools
-from helpers.debian_package import DEBIAN_DIR, PACKAGE, ROOT, debian_version, project_version
+from helpers.debian_package import (
+    DEBIAN_DIR,
+    PACKAGE,
+    ROOT,
+    debian_version,
+    project_version,
+    seed_apt,
+)
 from hosts.fixtures import CACHE_ENV, systemd_container_missing, unavailable
 from hosts.systemd_container import DEFAULT_CACHE_DIR, SystemdContainer, build_rootfs
 
@@ -686,7 +692,6 @@ CLI_LINK = "usr/lib/python3/dist-packages/pam_unshare/lib/pam_unshare.so"
 # Another helper adds it; the man page documents it already.
 PLANNED_COMMANDS = {"verify"}
 DEBS_IN_CONTAINER = "/root/debs"
-APT_LISTS = Path("/var/lib/apt/lists")
 
 
 @pytest.fixture(scope="session")
@@ -749,30 +754,6 @@ def test_cli_man_page(cli_deb: Path, tmp_path: Path):
     exits = text[text.index("\nEXIT STATUS\n"):text.index("\nEXAMPLES\n")]
     for status in ("0", "1", "2"):
         assert re.search(rf"^ {{7}}{status} ", exits, re.M), f"exit status {status}"
-
-
-def seed_apt(ct: SystemdContainer, work: Path, request: str) -> List[str]:
-    """Puts what `apt-get install REQUEST` needs from the archive into the container's apt
-    cache, fetched here: the container has no network (nspawn --private-network), where a real
-    host has its mirror. apt then resolves the dependencies itself, from this machine's package
-    lists (the container's sources are this machine's). Returns the packages seeded."""
-    lists = [p for p in APT_LISTS.iterdir() if p.is_file() and
-             ("_Packages" in p.name or p.name.endswith("Release"))]
-    assert lists, "no apt package lists on this machine: run apt-get update"
-    for path in lists:
-        ct.write_file(f"{APT_LISTS}/{path.name}", path.read_bytes())
-    res = ct.run(NONINTERACTIVE + f"apt-get install -y --print-uris {request}", timeout=120)
-    assert res.returncode == 0, res.stdout + res.stderr
-    wanted = re.findall(r"^'https?://[^']+' (([^_\s]+)_([^_\s]+)_[^_\s]+\.deb) \d+ ",
-                        res.stdout, re.M)
-    assert wanted, res.stdout
-    for filename, name, version in wanted:
-        subprocess.run(["apt-get", "download", "-q", f"{name}={unquote(version)}"], cwd=work,
-                       check=True, capture_output=True, timeout=300)
-        (fetched,) = work.glob(f"{name}_*.deb")
-        ct.write_file(f"/var/cache/apt/archives/{filename}", fetched.read_bytes())
-        fetched.unlink()
-    return [name for _, name, _ in wanted]
 
 
 def ours_on_disk(ct: SystemdContainer) -> List[str]:
