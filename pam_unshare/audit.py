@@ -158,8 +158,9 @@ def _stack_findings(tree: PamTree, service: str, stack: List[Entry]) -> List[Fin
         # pam_env and pam_selinux (a no-op without SELinux) after common-session, where the
         # packaged profile puts the module. `enable` still refuses to write such a placement.
         found.append(Finding(bool(needy), where, f"{shown} run{'s' * (len(later) == 1)} after "
-                             f"pam_unshare.so ({first.where}){why}; it must be the last "
-                             f"session module", "order", first.file))
+                             f"pam_unshare.so ({first.where}){why}; it "
+                             f"{'must' if needy else 'should'} be the last session module",
+                             "order", first.file))
     if len(ours) > 1:
         fix = (f"`pam-unshare disable {service}` removes its own line"
                if any(stack[i].file == service for i in ours) else "keep one of them")

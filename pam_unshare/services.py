@@ -197,8 +197,9 @@ def enable(services: Sequence[str], arguments: Sequence[str] = (),
         changed = {s for s in requested if final[s] != before[s]}
         findings = audit.check(tree.with_overrides(final))
         # What it writes, enable keeps last of every stack even where check would only warn.
-        blocking = [f for f in findings if (f.problem or f.kind == "order")
-                    and f.kind in _BLOCKING and f.ours in changed]
+        blocking = sorted((f for f in findings if (f.problem or f.kind == "order")
+                           and f.kind in _BLOCKING and f.ours in changed),
+                          key=lambda f: not f.problem)
         if blocking:
             more = f" (and {len(blocking) - 1} more)" if len(blocking) > 1 else ""
             first = str(blocking[0]).replace("warning: ", "", 1)
