@@ -13,6 +13,11 @@
 #include "namespace.h"
 #include "options.h"
 
+/* The build passes pyproject.toml's version (setup.py, debian/rules); a bare `make` has none. */
+#ifndef PU_VERSION
+#define PU_VERSION "unknown"
+#endif
+
 static const char SESSION_DATA[] = "pam_unshare_session";
 
 static void parse_options(pam_handle_t *pamh, struct pu_options *opts, int argc, const char **argv,
@@ -121,6 +126,8 @@ PAM_EXTERN int pam_sm_open_session(pam_handle_t *pamh, int flags, int argc, cons
         return session_failed(pamh, &opts, NULL, &why);
     }
     user = item;
+    /* Which build answered: a debug log then says which version to compare with the docs. */
+    pu_debug(pamh, &opts, "pam_unshare %s: opening a session for user %s", PU_VERSION, user);
 
     if (pu_user_exempt(&opts, user, &exempt, &why) < 0)
         return session_failed(pamh, &opts, user, &why);

@@ -149,12 +149,18 @@ def _stack_findings(tree: PamTree, service: str, stack: List[Entry]) -> List[Fin
         shown = ", ".join(f"{e.module_name} ({e.where})" for e in later[:4])
         if len(later) > 4:
             shown += f" and {len(later) - 4} more"
-        needy = sorted({e.module_name for e in later if e.module_name in NEEDS_PROC_SELF})
+        needy = sorted({e.module_name for e in later if e.module_name in NEEDS_PROC_SELF
+                        and (e.module_name != "pam_selinux.so" or system.selinux_enabled())})
         why = (f" ({', '.join(needy)} need{'s' * (len(needy) == 1)} /proc/self, which the "
-               f"caller no longer has)" if needy else "")
-        found.append(Finding(True, where, f"{shown} run{'s' * (len(later) == 1)} after "
-                             f"pam_unshare.so ({first.where}){why}; it must be the last "
-                             f"session module", "order", first.file))
+               f"caller no longer has)" if needy else
+               " (none of them needs /proc/self here: they run inside the session)")
+        # Only a module that needs /proc/self breaks: Debian's sshd runs pam_motd, pam_limits,
+        # pam_env and pam_selinux (a no-op without SELinux) after common-session, where the
+        # packaged profile puts the module. `enable` still refuses to write such a placement.
+        found.append(Finding(bool(needy), where, f"{shown} run{'s' * (len(later) == 1)} after "
+                             f"pam_unshare.so ({first.where}){why}; it "
+                             f"{'must' if needy else 'should'} be the last session module",
+                             "order", first.file))
     if len(ours) > 1:
         fix = (f"`pam-unshare disable {service}` removes its own line"
                if any(stack[i].file == service for i in ours) else "keep one of them")

@@ -63,6 +63,15 @@ def install(dest: Path | None = None) -> Installed:
     return Installed(target, digest, __version__, changed=True)
 
 
+def _is_own_module(target: Path) -> bool:
+    """Whether TARGET is the module module-path names (the Debian package's): removing it
+    would leave dpkg's file list, and this CLI, pointing at nothing."""
+    try:
+        return os.path.samefile(target, paths.module_path())
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+
+
 def users(pam_dir: Path, target: Path, in_system_dir: bool) -> List[str]:
     """"FILE:LINE" of every PAM line that loads TARGET (by name when it is in the system's module
     directory, or by its absolute path)."""
@@ -92,6 +101,10 @@ def uninstall(pam_dir: Path, dest: Path | None = None) -> Path | None:
     that service would fail). Returns the removed path, or None when there was none."""
     directory = _destination(dest, "pam-unshare uninstall")
     target = directory / paths.MODULE_NAME
+    if _is_own_module(target):
+        raise Refused(f"{target} is the module this pam-unshare manages, installed by the "
+                      f"libpam-unshare package: remove that package instead (its prerm takes "
+                      f"every line naming the module out of /etc/pam.d first)")
     in_system_dir = dest is None or (system.module_dir() is not None and
                                      os.path.samefile(directory, system.module_dir()))
     still = users(pam_dir, target, in_system_dir)

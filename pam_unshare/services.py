@@ -196,10 +196,14 @@ def enable(services: Sequence[str], arguments: Sequence[str] = (),
         final = _skip_covered(tree, requested, before, planned, outcome)
         changed = {s for s in requested if final[s] != before[s]}
         findings = audit.check(tree.with_overrides(final))
-        blocking = [f for f in findings if f.problem and f.kind in _BLOCKING and f.ours in changed]
+        # What it writes, enable keeps last of every stack even where check would only warn.
+        blocking = sorted((f for f in findings if (f.problem or f.kind == "order")
+                           and f.kind in _BLOCKING and f.ours in changed),
+                          key=lambda f: not f.problem)
         if blocking:
             more = f" (and {len(blocking) - 1} more)" if len(blocking) > 1 else ""
-            raise Refused(f"refusing, as afterwards {blocking[0]}{more}; nothing written")
+            first = str(blocking[0]).replace("warning: ", "", 1)
+            raise Refused(f"refusing, as afterwards {first}{more}; nothing written")
         for finding in findings:
             if finding.kind == "twice" and finding.ours in changed:
                 outcome.notes.append(str(finding).replace("warning: ", "", 1))

@@ -76,6 +76,12 @@ def resolve_module(module: str) -> Path | None:
     return directory / module if directory is not None else None
 
 
+def selinux_enabled() -> bool:
+    """Whether SELinux is on here (selinuxfs mounted), the test libselinux's is_selinux_enabled
+    starts with: without it pam_selinux does nothing, /proc/self or not."""
+    return os.path.exists("/sys/fs/selinux/enforce")
+
+
 def sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:

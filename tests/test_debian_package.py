@@ -29,7 +29,14 @@ from typing import Dict, List
 
 import pytest
 from conftest import require_tools
-from helpers.debian_package import DEBIAN_DIR, PACKAGE, ROOT, debian_version, project_version
+from helpers.debian_package import (
+    DEBIAN_DIR,
+    PACKAGE,
+    ROOT,
+    debian_version,
+    project_version,
+    seed_apt,
+)
 from hosts.fixtures import CACHE_ENV, systemd_container_missing, unavailable
 from hosts.systemd_container import DEFAULT_CACHE_DIR, SystemdContainer, build_rootfs
 
@@ -672,3 +679,182 @@ def test_removal_refused_for_lines_it_will_not_edit(fresh_host: PackageHost):
     sh(ct, f"rm /etc/pam.d/pu-linked && apt-get remove -y {PACKAGE}")
     assert_everyone_can_log_in(ct, "apt-get remove")
     assert changed_files(fresh_host) == {}
+
+
+# --------------------------------------------------------------------------- #
+# The CLI's package, pam-unshare (issue 16)
+# --------------------------------------------------------------------------- #
+
+CLI_PACKAGE = "pam-unshare"
+CLI_MANPAGE = "usr/share/man/man1/pam-unshare.1.gz"
+COMPLETION = "usr/share/bash-completion/completions/pam-unshare"
+CLI_LINK = "usr/lib/python3/dist-packages/pam_unshare/lib/pam_unshare.so"
+# Another helper adds it; the man page documents it already.
+PLANNED_COMMANDS = {"verify"}
+DEBS_IN_CONTAINER = "/root/debs"
+
+
+@pytest.fixture(scope="session")
+def cli_deb(deb: Path) -> Path:
+    """build-deb builds both packages; the CLI's is next to the module's."""
+    path = deb.parent / f"{CLI_PACKAGE}_{debian_version(project_version())}_amd64.deb"
+    assert path.is_file(), sorted(deb.parent.iterdir())
+    return path
+
+
+def test_cli_lintian_clean(cli_deb: Path):
+    require_tools("lintian")
+    res = subprocess.run(["lintian", "--fail-on", "error,warning", str(cli_deb)],
+                         capture_output=True, text=True, timeout=300)
+    report = res.stdout + res.stderr
+    assert [ln for ln in report.splitlines() if ln.startswith(("E:", "W:"))] == [], report
+    assert res.returncode == 0, report
+
+
+def test_cli_deb_contents(cli_deb: Path, tmp_path: Path):
+    assert deb_field(cli_deb, "Version") == debian_version(project_version())
+    depends = [d.strip() for d in deb_field(cli_deb, "Depends").split(",")]
+    # Exactly the module of this build, and Debian's Python packages: no venv, no pip.
+    assert f"{PACKAGE} (= {debian_version(project_version())})" in depends, depends
+    assert "python3-cffi-backend" in depends, depends
+    assert not [d for d in depends if "pip" in d or "venv" in d], depends
+    subprocess.run(["dpkg-deb", "-x", str(cli_deb), str(tmp_path)], check=True)
+    # One module on the system: the CLI's is a link to libpam-unshare's.
+    link = tmp_path / CLI_LINK
+    assert link.is_symlink(), sorted(str(p) for p in tmp_path.rglob("*"))
+    assert os.path.normpath(link.parent / os.readlink(link)) == str(tmp_path / MODULE)
+    assert (tmp_path / "usr/bin/pam-unshare").stat().st_mode & 0o111
+    assert (tmp_path / CLI_MANPAGE).is_file() and (tmp_path / COMPLETION).is_file()
+    assert not list(tmp_path.rglob("security/*")), "the module belongs to libpam-unshare"
+
+
+def cli_commands() -> set:
+    from pam_unshare import cli
+
+    parser = cli.build_parser()
+    subparsers = next(a for a in parser._actions if a.dest == "command")
+    return set(subparsers.choices) | PLANNED_COMMANDS
+
+
+def test_cli_man_page(cli_deb: Path, tmp_path: Path):
+    """pam-unshare(1) documents every command of the CLI, the exit statuses and examples."""
+    require_tools("man")
+    subprocess.run(["dpkg-deb", "-x", str(cli_deb), str(tmp_path)], check=True)
+    res = subprocess.run(["man", "--warnings", "-l", str(tmp_path / CLI_MANPAGE)],
+                         capture_output=True, text=True,
+                         env={"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "MANWIDTH": "80"})
+    assert (res.returncode, res.stderr) == (0, ""), res.stderr
+    text = res.stdout
+    for section in ("NAME", "SYNOPSIS", "DESCRIPTION", "COMMANDS", "OPTIONS", "EXIT STATUS",
+                    "EXAMPLES", "FILES", "SEE ALSO"):
+        assert re.search(rf"^{section}$", text, re.M), f"section {section} missing"
+    commands = text[text.index("\nCOMMANDS\n"):text.index("\nOPTIONS\n")]
+    documented = set(re.findall(r"^ {7}([a-z][a-z-]*)\b", commands, re.M))
+    assert documented == cli_commands(), "pam-unshare(1) and the CLI's commands differ"
+    exits = text[text.index("\nEXIT STATUS\n"):text.index("\nEXAMPLES\n")]
+    for status in ("0", "1", "2"):
+        assert re.search(rf"^ {{7}}{status} ", exits, re.M), f"exit status {status}"
+
+
+def ours_on_disk(ct: SystemdContainer) -> List[str]:
+    """Every path on the container's root file system named after the project, but man-db's
+    cache of formatted pages (/var/cache/man/cat*), which man-db's daily job expires."""
+    res = ct.run(["find", "/", "-xdev", "(", "-name", "*pam_unshare*", "-o", "-name",
+                  "*pam-unshare*", ")", "-not", "-path", f"{DEBS_IN_CONTAINER}/*",
+                  "-not", "-path", "/var/cache/man/cat*"], check=True)
+    return sorted(res.stdout.split())
+
+
+def cli(ct: SystemdContainer, *args: str, status: int = 0) -> str:
+    res = ct.run(["pam-unshare", *args], timeout=60)
+    assert res.returncode == status, f"pam-unshare {' '.join(args)}: rc {res.returncode}\n" \
+        f"{res.stdout}{res.stderr}"
+    return res.stdout + res.stderr
+
+
+def test_cli_package_install_use_purge(fresh_host: PackageHost, deb: Path, cli_deb: Path,
+                                       tmp_path: Path):
+    """`apt install` of both .debs, then the CLI works with no other step: status, check,
+    sessions, enter, the man page, completion; purge leaves no file of ours."""
+    ct = fresh_host.ct
+    timings: Dict[str, float] = {}
+    t0 = time.monotonic()
+    ct.run(["mkdir", "-p", DEBS_IN_CONTAINER], check=True)
+    for path in (deb, cli_deb):
+        ct.write_file(f"{DEBS_IN_CONTAINER}/{path.name}", path.read_bytes())
+    debs = f"{DEBS_IN_CONTAINER}/{deb.name} {DEBS_IN_CONTAINER}/{cli_deb.name}"
+    before = ours_on_disk(ct)
+    # man-db is not ours to depend on: the admin's, installed the same way.
+    seeded = seed_apt(ct, tmp_path, f"man-db {debs}")
+    assert "python3-cffi-backend" in seeded, seeded
+    timings["seed apt"] = time.monotonic() - t0
+
+    t0 = time.monotonic()
+    sh(ct, "apt-get install -y man-db")
+    sh(ct, f"apt-get install -y {debs}")
+    timings["apt install"] = time.monotonic() - t0
+    assert package_status(ct) == "installed"
+
+    t0 = time.monotonic()
+    assert cli(ct, "--version") == f"pam-unshare {project_version()}\n"
+    assert cli(ct, "module-path") == f"/{MODULE}\n"
+    facts = json.loads(cli(ct, "status", "--json"))
+    module = facts["module"]
+    assert module["version"] == project_version()
+    assert module["built"]["path"] == f"/{MODULE}"
+    assert module["installed"]["present"] and module["installed"]["same_as_built"], module
+    assert module["installed"]["problem"] is None, module
+    assert facts["kernel"]["unshare"] == "works", facts["kernel"]
+    assert cli(ct, "check") == "ok: no file in /etc/pam.d uses pam_unshare.so\n"
+    # dpkg owns the module: the CLI does not delete it.
+    assert "libpam-unshare package" in cli(ct, "uninstall", status=2)
+
+    cli(ct, "enable", "su", "sudo")
+    assert cli(ct, "check") == "ok: pam_unshare.so is enabled for su, su-l, sudo\n"
+    enabled = json.loads(cli(ct, "status", "--json"))["enabled"]
+    assert {e["service"] for e in enabled} >= {"su", "sudo"}, enabled
+
+    sh(ct, f"setsid su - {ALICE} -c 'exec sleep 300' </dev/null >/dev/null 2>&1 &")
+    deadline = time.monotonic() + 30
+    while not (found := [s for s in json.loads(cli(ct, "sessions", "--json"))
+                         if s["user"] == ALICE]):
+        assert time.monotonic() < deadline, cli(ct, "sessions")
+        time.sleep(0.2)
+    inside = cli(ct, "enter", str(found[0]["id"]), "--", "ps", "-e", "-o", "comm=").split()
+    assert inside[0] == "pam_unshare" and "sleep" in inside and "systemd" not in inside, inside
+    ct.run(["pkill", "-u", ALICE, "-x", "sleep"])
+    # The profile too: sshd runs pam_motd ... pam_selinux after common-session, none of which
+    # needs /proc/self without SELinux: check warns and passes.
+    sh(ct, f"pam-auth-update --enable {PROFILE_NAME}")
+    out = cli(ct, "check")
+    assert out.startswith("warning: /etc/pam.d/sshd: pam_motd.so"), out
+    assert [ln for ln in out.splitlines() if not ln.startswith("warning:")] == [], out
+    timings["commands"] = time.monotonic() - t0
+
+    page = ct.run(["man", "pam-unshare"], timeout=60)
+    assert page.returncode == 0 and "EXIT STATUS" in page.stdout, page.stderr
+    assert ct.run(["man", "-w", "8", "pam_unshare"], timeout=60).returncode == 0
+    complete = ("source /usr/share/bash-completion/completions/pam-unshare; "
+                'COMP_WORDS=(pam-unshare "$1" "$2"); COMP_CWORD=$3; _pam_unshare; '
+                'echo "${COMPREPLY[*]}"')
+    for words, expected in ((("s", "", "1"), "sessions status"),
+                            (("enable", "sud", "2"), "sudo sudo-i"),
+                            (("status", "--j", "2"), "--json")):
+        res = ct.run(["bash", "-c", complete, "bash", *words], check=True)
+        assert sorted(res.stdout.split()) == expected.split(), (words, res.stdout)
+
+    installed = ct.run(["dpkg", "-L", PACKAGE, CLI_PACKAGE], check=True).stdout.split()
+    t0 = time.monotonic()
+    sh(ct, f"apt-get remove -y {CLI_PACKAGE} {PACKAGE}")
+    sh(ct, f"apt-get purge -y {CLI_PACKAGE} {PACKAGE}")
+    timings["remove, purge"] = time.monotonic() - t0
+    assert package_status(ct) == "not-installed"
+    assert ct.run(["dpkg-query", "-W", CLI_PACKAGE]).returncode != 0
+    assert ours_on_disk(ct) == before
+    # Directories others share (/usr/share/man/man1, ...) stay; ours are in ours_on_disk.
+    left = ct.run(["sh", "-c", 'for p; do if [ -L "$p" ] || { [ -e "$p" ] && [ ! -d "$p" ]; }; '
+                   'then echo "$p"; fi; done', "sh", *installed], check=True).stdout.split()
+    assert left == [], left
+    assert changed_files(fresh_host) == {}
+    print(f"\nCLI package steps: { {k: round(v, 1) for k, v in timings.items()} }",
+          file=sys.stderr)

@@ -1,5 +1,6 @@
 """Three Debian 12 container hosts (hosts/tiers.py, without the module) as an Ansible inventory,
-booted once per test session, and a way to run packaging/ansible/site.yml against them.
+booted once per test session, and a way to run packaging/ansible/site.yml against them. Their apt
+cache holds what the packages depend on beyond the image (seed_mirror), as a mirror would.
 
 The hosts answer Ansible on their admin sshd (port 2222, UsePAM no), never through an sshd whose
 sessions the module namespaces: as root, or as BECOME_USER, an account of its own that becomes
@@ -26,7 +27,7 @@ from typing import Any, Dict, List
 
 import pytest
 from conftest import require, require_root, require_tools
-from helpers.debian_package import ROOT
+from helpers.debian_package import ROOT, seed_apt
 from hosts.fixtures import CACHE_ENV
 from hosts.systemd_container import DEFAULT_CACHE_DIR
 from hosts.tiers import ADMIN_PORT, ContainerTier
@@ -99,6 +100,8 @@ class Fleet:
     def __init__(self, workdir: Path, deb: Path, tiers: Sequence[ContainerTier]) -> None:
         self.workdir = workdir
         self.deb = deb
+        # build-deb writes the command line's package next to the module's.
+        self.cli_deb = deb.parent / deb.name.replace("libpam-unshare_", "pam-unshare_", 1)
         self.tiers = {tier.name: tier for tier in tiers}
         self.names = [tier.name for tier in tiers]
         self.inventory = workdir / "inventory.yml"
@@ -206,6 +209,20 @@ class Fleet:
         return json.loads(res.stdout)
 
 
+def seed_mirror(fleet: Fleet, name: str) -> None:
+    """What the role's apt-get install of both .debs needs from the archive (python3-cffi-
+    backend), in host NAME's apt cache: the hosts have no network, a real fleet has a mirror."""
+    container = fleet.tiers[name].container
+    assert container is not None
+    debs = []
+    for deb in (fleet.deb, fleet.cli_deb):
+        debs.append(f"/tmp/{deb.name}")
+        container.write_file(debs[-1], deb.read_bytes())
+    seed_apt(container, fleet.workdir / "apt", " ".join(debs))
+    res = container.run(["rm", "-f", *debs])
+    assert res.returncode == 0, res.stderr
+
+
 @pytest.fixture(scope="session")
 def fleet(deb: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     require_root()
@@ -225,6 +242,7 @@ def fleet(deb: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet
         for name in fleet.names:
             res = fleet.run(name, ADD_BECOME_USER)
             assert res.returncode == 0, f"{BECOME_USER} on {name}: {res.stderr}"
+            seed_mirror(fleet, name)
         for name in fleet.names:
             fleet.pristine[name] = fleet.digest(name)
         yield fleet

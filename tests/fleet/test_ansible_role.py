@@ -26,6 +26,7 @@ and each first puts the fleet in the state it starts from:
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -89,6 +90,7 @@ def assert_enabled(fleet: Fleet, name: str, options: str = "") -> None:
     assert pam_lines(fleet, name, "common-session") == [COMMON_LINE + options]
     assert pam_lines(fleet, name, "sudo") == [(SUDO_LINE + " " + options).rstrip()]
     assert fleet.run(name, ["dpkg-query", "-W", "libpam-unshare"]).returncode == 0
+    assert fleet.run(name, ["pam-unshare", "check"]).returncode == 0
 
 
 def assert_all_ok(run: PlaybookRun, hosts: List[str]) -> None:
@@ -115,6 +117,12 @@ def test_role_enables_every_host(fleet: Fleet):
         assert_namespaced(fleet, name)
         # Root stays exempt (module default): the admin's own logins see the whole host.
         assert session_view(fleet, name, "su", "root").get(1) == "systemd"
+        # The command line came with the module, and its check ran and is in the recap.
+        res = fleet.run(name, ["pam-unshare", "module-path"])
+        assert res.stdout == "/usr/lib/x86_64-linux-gnu/security/pam_unshare.so\n", res
+        assert re.search(rf'^\s*{name}: {{ *"pam_unshare_check": "ok\b', run.output, re.M), \
+            run.tail()
+        assert f"pam-unshare check on {name}: " in run.output, run.tail()
 
 
 def test_second_run_changes_nothing(fleet: Fleet):
@@ -214,7 +222,8 @@ def uninstall(fleet: Fleet, name: str) -> None:
     res = fleet.run(name, "export DEBIAN_FRONTEND=noninteractive; "
                           "pam-auth-update --disable pam-unshare; "
                           "sed -i '/pam_unshare/d' /etc/pam.d/sudo; "
-                          "dpkg --purge libpam-unshare; rm -rf /var/cache/pam-unshare")
+                          "dpkg --purge pam-unshare libpam-unshare; "
+                          "rm -rf /var/cache/pam-unshare")
     assert res.returncode == 0, res.stderr
     assert fleet.digest(name) == fleet.pristine[name]
 
@@ -229,6 +238,7 @@ def assert_rolled_back(fleet: Fleet, run: PlaybookRun, before: Dict[str, str]) -
     assert fleet.digest(BROKEN, "/etc/pam.d", "/var/lib/pam") == before
     assert fleet.digest(BROKEN) == fleet.pristine[BROKEN]
     assert fleet.run(BROKEN, ["dpkg-query", "-W", "libpam-unshare"]).returncode != 0
+    assert fleet.run(BROKEN, ["dpkg-query", "-W", "pam-unshare"]).returncode != 0
     assert fleet.run(BROKEN, ["test", "-e", "/var/cache/pam-unshare"]).returncode != 0
 
 
@@ -310,6 +320,15 @@ def derived_deb(deb: Path, out: Path, suffix: str, *, module: bytes | None = Non
         script.write_text(text.replace("set -e\n", f"set -e\n{postinst}\n", 1))
     path = out / f"libpam-unshare_{version}+{suffix}_amd64.deb"
     subprocess.run(["dpkg-deb", "--root-owner-group", "-b", str(tree), str(path)], check=True,
+                   capture_output=True)
+    # Its command line's package, of the same version, next to it (where the role looks).
+    cli_tree = out / f"cli-tree-{suffix}"
+    cli = deb.parent / deb.name.replace("libpam-unshare_", "pam-unshare_", 1)
+    subprocess.run(["dpkg-deb", "-R", str(cli), str(cli_tree)], check=True)
+    control = cli_tree / "DEBIAN" / "control"
+    control.write_text(control.read_text().replace(f"{version}", f"{version}+{suffix}"))
+    subprocess.run(["dpkg-deb", "--root-owner-group", "-b", str(cli_tree),
+                    str(out / f"pam-unshare_{version}+{suffix}_amd64.deb")], check=True,
                    capture_output=True)
     return path
 
@@ -393,7 +412,8 @@ def test_upgrade_tests_the_new_module_first_and_goes_back_on_failure(fleet: Flee
         fleet.run(name, "rm -f /var/cache/pam-unshare/*+broken_* "
                         "/var/cache/pam-unshare/*+failing_*")
         if installed(fleet, name) != version:
-            fleet.run(name, f"dpkg -i /var/cache/pam-unshare/{fleet.deb.name}", timeout=120)
+            fleet.run(name, f"dpkg -i /var/cache/pam-unshare/{fleet.deb.name} "
+                            f"/var/cache/pam-unshare/{fleet.cli_deb.name}", timeout=120)
 
 
 GUARD_SECONDS = 45

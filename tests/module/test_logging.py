@@ -14,6 +14,8 @@ from conftest import PamSandbox
 from helpers.entries import Entry
 from testinfra.host import Host
 
+from pam_unshare import __version__
+
 LOG_INFO = 6
 LOG_DEBUG = 7
 # A syslog datagram: "<PRI>timestamp tag: message", PRI = facility * 8 + severity.
@@ -103,10 +105,12 @@ def test_with_debug_each_step_is_logged_at_debug(host, pam_sandbox, entries: Dic
         assert len(found) == 1, f"{entry_name}: {pattern!r} logged {len(found)} times: {texts}"
         return found[0]
 
+    opening = index_of(rf"pam_unshare {re.escape(__version__)}: opening a session for user "
+                       rf"{user}$")
     starting = index_of(rf"starting a PID namespace for user {user}$")
     running = index_of(rf"user {user}: session init runs as pid (\d+), /proc mounted")
     closing = index_of(r"closing the session of init pid (\d+) \(linger\)$")
-    assert starting < running < closing, texts
+    assert opening < starting < running < closing, texts
     init_pid = re.search(r"runs as pid (\d+)", texts[running])
     closed_pid = re.search(r"init pid (\d+)", texts[closing])
     assert init_pid and closed_pid and init_pid.group(1) == closed_pid.group(1), texts

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import require_root
 
-from pam_unshare import cli, pamd
+from pam_unshare import cli, pamd, system
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "pam.d"
 
@@ -110,9 +110,30 @@ def test_check_reports_one_line_per_problem(run, pam_dir, module_path, tmp_path)
     assert f"{pam_dir / 'sudo'}:9: option \"onerr=sometimes\": onerr must be fail or succeed" \
         in sudo
     assert sshd_order.startswith(f"{pam_dir / 'sshd'}: pam_loginuid.so (sshd:")
-    assert "(pam_loginuid.so, pam_selinux.so, pam_systemd.so need /proc/self" in sshd_order
+    # pam_selinux needs /proc/self only where SELinux is on.
+    needy = ("pam_loginuid.so, pam_selinux.so, pam_systemd.so" if system.selinux_enabled()
+             else "pam_loginuid.so, pam_systemd.so")
+    assert f"({needy} need /proc/self" in sshd_order
     assert "it must be the last session module" in sshd_order
     assert login.startswith(f"{pam_dir / 'login'}:") and "does not exist" in login
+
+
+def test_check_on_the_packaged_profiles_placement(run, pam_dir, module_path):
+    """The Debian profile's line, last of common-session: sshd runs pam_motd, pam_mail,
+    pam_limits, pam_env and pam_selinux after it. Without SELinux none of them needs /proc/self
+    (pam_selinux does nothing): a warning. With SELinux, pam_selinux breaks: a problem."""
+    add_line(pam_dir / "common-session", f"session required {module_path}")
+    status, out, _ = run("check", "--pam-dir", str(pam_dir))
+    sshd = [line for line in out.splitlines() if f"{pam_dir / 'sshd'}:" in line]
+    assert len(sshd) == 1, out
+    assert "pam_motd.so (sshd:" in sshd[0] and "run after pam_unshare.so (common-session:" \
+        in sshd[0]
+    if system.selinux_enabled():
+        assert status == 1 and not sshd[0].startswith("warning:"), out
+        assert "(pam_selinux.so needs /proc/self" in sshd[0]
+    else:
+        assert status == 0 and sshd[0].startswith("warning:"), out
+        assert "none of them needs /proc/self here" in sshd[0]
 
 
 def test_check_warns_about_a_stack_that_reaches_the_module_twice(run, pam_dir, module_path):

@@ -7,20 +7,26 @@
                                            are replaced one by one (a temporary file in the same
                                            directory, then a rename), files added since are
                                            removed; nothing else is touched
-  pam_snapshot.py rollback ARCHIVE --purge | --previous DEB VERSION | --keep  PATH...
-                                           the role's rollback (its rescue and its on-host safety
+  pam_snapshot.py rollback ARCHIVE --purge | --previous DEB VERSION | --keep | --keep-module
+                  PATH...                  the role's rollback (its rescue and its on-host safety
                                            net run this same command), in the order that keeps
                                            every PAM stack's modules on disk: --purge (nothing was
                                            installed before) restores PATHs first and then purges
-                                           libpam-unshare; --previous (VERSION was installed
-                                           before) first reinstalls DEB unless VERSION is what is
-                                           installed, then restores; --keep only restores
+                                           pam-unshare and libpam-unshare; --previous (VERSION was
+                                           installed before) first reinstalls DEB unless VERSION
+                                           is what is installed, then restores; --keep only
+                                           restores; --keep-module restores, then purges the
+                                           command line (pam-unshare) this run added
+  The command line's package depends on libpam-unshare of its own version: --previous puts back
+  previous-cli.deb next to DEB with it when that file is there (the version that was installed),
+  and otherwise purges pam-unshare first (it was not installed).
 
 The role passes the PAM files it and pam-auth-update write, one by one, never a whole
 directory: a restore must not delete or rewrite what a concurrent apt run put into /etc/pam.d.
 
 Prints one JSON object: {"changed": bool, "paths": [paths written or removed]} (rollback adds
-"package": what it did to libpam-unshare); a failure is one line on stderr and exit status 1.
+"package": what it did to libpam-unshare and pam-unshare); a failure is one line on stderr
+and exit status 1.
 Plain Python 3.8 with the standard library only: it runs with the interpreter Ansible uses.
 """
 
@@ -36,6 +42,7 @@ import tarfile
 from typing import Any, Dict, List
 
 PACKAGE = "libpam-unshare"
+CLI_PACKAGE = "pam-unshare"
 
 
 def _name(path: str) -> str:
@@ -144,11 +151,26 @@ class RollbackError(Exception):
     pass
 
 
-def installed_version() -> str:
-    """The installed version of libpam-unshare, '' when it is not fully installed."""
+def installed_version(package: str = PACKAGE) -> str:
+    """The installed version of PACKAGE, '' when it is not fully installed."""
     res = subprocess.run(["dpkg-query", "--show", "--showformat=${db:Status-Abbrev}${Version}",
-                          PACKAGE], capture_output=True, text=True)
+                          package], capture_output=True, text=True)
     return res.stdout[3:] if res.returncode == 0 and res.stdout.startswith("ii ") else ""
+
+
+def _known(package: str) -> bool:
+    """dpkg-query knows a package while any trace of it is left (config files, half-installed)."""
+    return subprocess.run(["dpkg-query", "--show", package], capture_output=True).returncode == 0
+
+
+def _purge(packages: List[str]) -> List[str]:
+    """Purges those of PACKAGES dpkg knows, one by one in this order; what was done."""
+    done = []
+    for package in packages:
+        if _known(package):
+            _dpkg(["dpkg", "--purge", package])
+            done.append("dpkg --purge " + package)
+    return done
 
 
 def _dpkg(argv: List[str]) -> None:
@@ -165,17 +187,24 @@ def rollback(archive: str, how: List[str], roots: List[str]) -> Dict[str, Any]:
     package = "unchanged"
     if how[0] == "--purge":
         paths = restore(archive, roots)
-        # dpkg-query knows the package while any trace of it is left (config files, half-
-        # installed): purge then too.
-        if subprocess.run(["dpkg-query", "--show", PACKAGE], capture_output=True).returncode == 0:
-            _dpkg(["dpkg", "--purge", PACKAGE])
-            package = "dpkg --purge " + PACKAGE
+        # The command line first: it depends on the module's package.
+        package = "; ".join(_purge([CLI_PACKAGE, PACKAGE])) or package
     elif how[0] == "--previous":
         deb, version = how[1], how[2]
-        if installed_version() != version:
-            _dpkg(["dpkg", "--install", deb])
-            package = f"{PACKAGE} {version} reinstalled from {deb}"
+        cli_deb = os.path.join(os.path.dirname(deb), "previous-cli.deb")
+        with_cli = os.path.exists(cli_deb)
+        if installed_version() != version or (
+                with_cli and installed_version(CLI_PACKAGE) != version):
+            # Its Depends names the version going away: without its own previous .deb (it was
+            # not installed before), it goes first.
+            done = [] if with_cli else _purge([CLI_PACKAGE])
+            _dpkg(["dpkg", "--install", deb] + ([cli_deb] if with_cli else []))
+            package = "; ".join(done + [f"{PACKAGE} {version} reinstalled from {deb}"
+                                        + (f" with {CLI_PACKAGE}" if with_cli else "")])
         paths = restore(archive, roots)
+    elif how[0] == "--keep-module":
+        paths = restore(archive, roots)
+        package = "; ".join(_purge([CLI_PACKAGE])) or package
     else:
         paths = restore(archive, roots)
     return {"changed": bool(paths) or package != "unchanged", "paths": paths,
@@ -185,7 +214,7 @@ def rollback(archive: str, how: List[str], roots: List[str]) -> Dict[str, Any]:
 def main(argv: List[str]) -> int:
     if len(argv) >= 3 and argv[0] == "rollback":
         archive, rest = argv[1], argv[2:]
-        width = {"--purge": 1, "--keep": 1, "--previous": 3}.get(rest[0], 0)
+        width = {"--purge": 1, "--keep": 1, "--keep-module": 1, "--previous": 3}.get(rest[0], 0)
         if width and len(rest) > width:
             try:
                 result = rollback(archive, rest[:width], [os.path.abspath(r)
