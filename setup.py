@@ -42,7 +42,9 @@ class BuildWithModule(build_ext):
         # The D-Bus policy is written once, for the Debian package; `pam-unshare install`
         # ships the same file on other hosts.
         policy = package_dir / "lib" / "dbus-policy.conf"
-        shutil.copyfile(ROOT / "packaging" / "debian" / "dbus" / "pam-unshare.conf", policy)
+        # packaging/debian in a checkout or an sdist; debian/ in the Debian package's build tree.
+        sources = [ROOT / d / "dbus" / "pam-unshare.conf" for d in ("packaging/debian", "debian")]
+        shutil.copyfile(next(p for p in sources if p.is_file()), policy)
         os.chmod(policy, 0o644)
 
 

@@ -26,7 +26,8 @@ from conftest import PamSandbox, require_root, require_tools
 from helpers.debian_package import ROOT, project_version
 
 # What the sdist is made of (MANIFEST.in and setuptools' defaults pick from these).
-SOURCES = ("csrc", "pam_unshare", "setup.py", "pyproject.toml", "README.md", "MANIFEST.in")
+SOURCES = ("csrc", "pam_unshare", "setup.py", "pyproject.toml", "README.md", "MANIFEST.in",
+           "packaging/debian/dbus/pam-unshare.conf")
 SERVICE = "pu-wheel"
 
 
@@ -46,10 +47,11 @@ def dist(tmp_path_factory: pytest.TempPathFactory) -> Dist:
         if source.is_dir():
             shutil.copytree(source, src / name, ignore=ignore)
         else:
+            (src / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, src / name)
     out = tmp_path_factory.mktemp("dist")
     t0 = time.monotonic()
-    res = subprocess.run([sys.executable, "-m", "build", "--outdir", str(out), str(src)],
+    res = subprocess.run([sys.executable, "-P", "-m", "build", "--outdir", str(out), str(src)],
                          capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     print(f"\npython -m build: {time.monotonic() - t0:.1f}s", file=sys.stderr)
