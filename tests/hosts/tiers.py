@@ -1,8 +1,8 @@
 """The isolation suite's own test hosts, reached over ssh like any other testinfra host.
 
-Each tier boots a Debian 12 machine with systemd as PID 1, installs the libpam-unshare .deb in it
-and runs provision-test-host (the same steps as the Vagrant box), then answers on an admin sshd
-(port 2222, UsePAM no) for root with a key made for this run:
+Each tier boots a Debian machine (12; 13 for pu-container-trixie) with systemd as PID 1, installs
+the libpam-unshare .deb in it and runs provision-test-host (the same steps as the Vagrant box),
+then answers on an admin sshd (port 2222, UsePAM no) for root with a key made for this run:
 
 - ContainerTier: systemd-nspawn -b in a network namespace of its own (hosts/netns.py), reached at
   the namespace's address;
@@ -10,7 +10,7 @@ and runs provision-test-host (the same steps as the Vagrant box), then answers o
   this machine's loopback.
 
 ssh_config_entry() is what testinfra's ssh backend needs to find the host by its tier name
-(ssh://pu-container, ssh://pu-vm).
+(ssh://pu-container, ssh://pu-container-trixie, ssh://pu-vm).
 """
 
 from __future__ import annotations
@@ -24,11 +24,12 @@ from pathlib import Path
 from typing import Protocol
 
 from .netns import NetworkNamespace
-from .systemd_container import DEFAULT_CACHE_DIR, SystemdContainer, build_rootfs
+from .systemd_container import DEFAULT_CACHE_DIR, SUITE, SystemdContainer, build_rootfs
 
 PROVISION = Path(__file__).resolve().parent / "provision-test-host"
 ADMIN_PORT = 2222
 CONTAINER = "pu-container"
+CONTAINER_TRIXIE = "pu-container-trixie"
 VM = "pu-vm"
 
 
@@ -88,10 +89,13 @@ def wait_for_port(address: str, port: int, timeout: float) -> None:
 
 
 class ContainerTier:
-    """Debian 12 booted by systemd-nspawn in its own network namespace, the .deb installed (with
-    DEB None: the users, keys and admin sshd only, for a rollout to install the module)."""
+    """Debian SUITE (default 12) booted by systemd-nspawn in its own network namespace, the .deb
+    installed (with DEB None: the users, keys and admin sshd only, for a rollout to install the
+    module)."""
 
     scale = 1.0  # native speed: the full loop sizes
+    suite = SUITE
+    extra_entries: tuple[str, ...] = ()  # entry paths beyond ENTRY_NAMES (helpers/entries.py)
 
     def __init__(self, workdir: Path, deb: Path | None, cache: Path = DEFAULT_CACHE_DIR,
                  name: str = CONTAINER) -> None:
@@ -106,7 +110,7 @@ class ContainerTier:
 
     def start(self) -> None:
         started = time.monotonic()
-        rootfs = build_rootfs(self.cache)
+        rootfs = build_rootfs(self.cache, suite=self.suite)
         self.timings["rootfs"] = time.monotonic() - started
         self.netns = NetworkNamespace()
         try:
@@ -133,7 +137,9 @@ class ContainerTier:
         except BaseException:
             self.stop()
             raise
-        print(f"\n{self.name}: rootfs {self.timings['rootfs']:.1f} s, boot "
+        kernel = self.container.run(["uname", "-r"]).stdout.strip()
+        print(f"\n{self.name} ({self.suite}, kernel {kernel}): rootfs "
+              f"{self.timings['rootfs']:.1f} s, boot "
               f"{self.timings['boot']:.1f} s, provisioning {self.timings['provision']:.1f} s, "
               f"at {self.netns.address}", file=sys.stderr)
 
@@ -156,6 +162,17 @@ class ContainerTier:
         if self.netns is None:
             raise TierError(f"{self.name} is not running")
         return ssh_config_entry(self.name, self.netns.address, ADMIN_PORT, self.key)
+
+
+class TrixieContainerTier(ContainerTier):
+    """The same tier on Debian 13: sudo-rs, run0 (systemd 257), OpenSSH 10's sshd-session."""
+
+    suite = "trixie"
+    extra_entries = ("sudo-rs-nopty", "sudo-rs-pty")
+
+    def __init__(self, workdir: Path, deb: Path | None, cache: Path = DEFAULT_CACHE_DIR,
+                 name: str = CONTAINER_TRIXIE) -> None:
+        super().__init__(workdir, deb, cache, name)
 
 
 class VmTier:
@@ -200,7 +217,8 @@ class VmTier:
         except BaseException:
             self.stop()
             raise
-        print(f"\n{self.name}: image {self.timings['image']:.1f} s, boot "
+        kernel = self.vm.run("uname -r").stdout.strip()
+        print(f"\n{self.name} (kernel {kernel}): image {self.timings['image']:.1f} s, boot "
               f"{self.timings['boot']:.1f} s, provisioning {self.timings['provision']:.1f} s, "
               f"admin ssh on 127.0.0.1:{self.vm.admin_port}", file=sys.stderr)
 
@@ -216,4 +234,4 @@ class VmTier:
         return ssh_config_entry(self.name, "127.0.0.1", self.vm.admin_port, self.key)
 
 
-TIERS = {CONTAINER: ContainerTier, VM: VmTier}
+TIERS = {CONTAINER: ContainerTier, CONTAINER_TRIXIE: TrixieContainerTier, VM: VmTier}

@@ -10,6 +10,7 @@ from typing import Dict, Iterator
 
 import pytest
 from conftest import require, require_root
+from helpers.entries import SUDO_RS_ENTRY_NAMES
 from hosts.fixtures import CACHE_ENV
 from hosts.systemd_container import DEFAULT_CACHE_DIR
 from hosts.tiers import TIERS, Tier
@@ -67,6 +68,25 @@ def pytest_itemcollected(item: pytest.Item) -> None:
     host = callspec.params.get("_testinfra_host")
     if host is not None:
         item.add_marker(pytest.mark.xdist_group(host.backend.get_pytest_id()))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
+    """Entry paths that only some hosts have (sudo-rs) run on the tiers that list them and are
+    deselected (not skipped: the host has no such way in) everywhere else."""
+    kept, dropped = [], []
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        entry = callspec.params.get("entry_name") if callspec else None
+        host = callspec.params.get("_testinfra_host") if callspec else None
+        if entry in SUDO_RS_ENTRY_NAMES and host is not None:
+            tier = TIERS.get(host_name(host))
+            if entry not in getattr(tier, "extra_entries", ()):
+                dropped.append(item)
+                continue
+        kept.append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
 
 
 @pytest.fixture(scope="session")
