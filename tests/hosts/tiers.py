@@ -168,7 +168,7 @@ class TrixieContainerTier(ContainerTier):
     """The same tier on Debian 13: sudo-rs, run0 (systemd 257), OpenSSH 10's sshd-session."""
 
     suite = "trixie"
-    extra_entries = ("sudo-rs-nopty", "sudo-rs-pty")
+    extra_entries = ("sudo-rs-nopty", "sudo-rs-pty", "run0")
 
     def __init__(self, workdir: Path, deb: Path | None, cache: Path = DEFAULT_CACHE_DIR,
                  name: str = CONTAINER_TRIXIE) -> None:
