@@ -40,6 +40,7 @@ class TierError(RuntimeError):
 class Tier(Protocol):
     name: str
     scale: float
+    summary: str  # release, kernel and setup times, once started
 
     def start(self) -> None: ...
 
@@ -107,6 +108,8 @@ class ContainerTier:
         self.netns: NetworkNamespace | None = None
         self.container: SystemdContainer | None = None
         self.timings: dict[str, float] = {}
+        self.kernel = ""
+        self.summary = ""
 
     def start(self) -> None:
         started = time.monotonic()
@@ -137,11 +140,11 @@ class ContainerTier:
         except BaseException:
             self.stop()
             raise
-        kernel = self.container.run(["uname", "-r"]).stdout.strip()
-        print(f"\n{self.name} ({self.suite}, kernel {kernel}): rootfs "
-              f"{self.timings['rootfs']:.1f} s, boot "
-              f"{self.timings['boot']:.1f} s, provisioning {self.timings['provision']:.1f} s, "
-              f"at {self.netns.address}", file=sys.stderr)
+        self.kernel = self.container.run(["uname", "-r"]).stdout.strip()
+        self.summary = (f"{self.name} (Debian {self.suite}, kernel {self.kernel}): rootfs "
+                        f"{self.timings['rootfs']:.1f} s, boot {self.timings['boot']:.1f} s, "
+                        f"provisioning {self.timings['provision']:.1f} s")
+        print(f"\n{self.summary}, at {self.netns.address}", file=sys.stderr)
 
     def stop(self) -> None:
         if self.container is not None:
@@ -182,6 +185,10 @@ class VmTier:
     # Emulated CPUs run logins about ten times slower: loops of hundreds of logins shrink to a
     # tenth (tests/isolation/targets.rounds), every check stays.
     scale = 0.1
+    # and the logout, reaping and exemption tests run for one entry path of each kind (no pty,
+    # pty, sshd, a PAM library caller) unless PU_ISOLATION_FULL=1 (tests/isolation/conftest.py):
+    # CI's budget pays for the Debian 13 tier this way. Every entry path x probe stays.
+    behaviour_entries = ("su", "sudo-pty", "ssh-command", "python-pam")
 
     def __init__(self, workdir: Path, deb: Path, cache: Path = DEFAULT_CACHE_DIR) -> None:
         self.workdir = workdir
@@ -190,6 +197,8 @@ class VmTier:
         self.key = make_admin_key(workdir)
         self.vm = None
         self.timings: dict[str, float] = {}
+        self.kernel = ""
+        self.summary = ""
 
     def start(self) -> None:
         from .qemu_vm import QemuVm, build_image  # imported late: only this tier needs QEMU
@@ -217,10 +226,11 @@ class VmTier:
         except BaseException:
             self.stop()
             raise
-        kernel = self.vm.run("uname -r").stdout.strip()
-        print(f"\n{self.name} (kernel {kernel}): image {self.timings['image']:.1f} s, boot "
-              f"{self.timings['boot']:.1f} s, provisioning {self.timings['provision']:.1f} s, "
-              f"admin ssh on 127.0.0.1:{self.vm.admin_port}", file=sys.stderr)
+        self.kernel = self.vm.run("uname -r").stdout.strip()
+        self.summary = (f"{self.name} (Debian {SUITE}, kernel {self.kernel}): image "
+                        f"{self.timings['image']:.1f} s, boot {self.timings['boot']:.1f} s, "
+                        f"provisioning {self.timings['provision']:.1f} s")
+        print(f"\n{self.summary}, admin ssh on 127.0.0.1:{self.vm.admin_port}", file=sys.stderr)
 
     def stop(self) -> None:
         if self.vm is not None:

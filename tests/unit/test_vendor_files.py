@@ -244,3 +244,27 @@ def test_a_vendor_file_with_our_line_is_not_edited(run, root, module_path):
     code, out, err = run("check")
     assert code == 0, out + err
     assert VENDOR_ONLY in out
+
+
+def test_a_symlinked_vendor_record_is_refused_on_disable(run, root):
+    assert run("enable", VENDOR_ONLY)[0] == 0
+    record = root / "etc/pam.d" / (VENDOR_ONLY + pamd.VENDOR_SUFFIX)
+    target = root / "elsewhere"
+    os.rename(record, target)
+    record.symlink_to(target)
+    before = snapshot(root)
+    code, out, err = run("disable", VENDOR_ONLY)
+    assert code == 2 and "symbolic link" in err, err
+    assert snapshot(root) == before
+
+
+def test_an_etc_file_the_admin_made_is_never_removed(run, root):
+    """Without enable's record, a copy identical to the vendor file is the admin's: disable
+    takes out our line only."""
+    vendor = (root / "usr/lib/pam.d" / VENDOR_ONLY).read_bytes()
+    (root / "etc/pam.d" / VENDOR_ONLY).write_bytes(vendor)
+    assert run("enable", VENDOR_ONLY)[0] == 0
+    assert not (root / "etc/pam.d" / (VENDOR_ONLY + pamd.VENDOR_SUFFIX)).exists()
+    code, out, err = run("disable", VENDOR_ONLY)
+    assert code == 0, err
+    assert (root / "etc/pam.d" / VENDOR_ONLY).read_bytes() == vendor
