@@ -141,6 +141,7 @@ class _Vendor:
     def close(self) -> None:
         if self._directory is not None:
             self._directory.__exit__()
+            self._directory = None
 
 
 def _parses(path: Path, text: str) -> None:
@@ -279,7 +280,7 @@ def _vendor_copies(directory: pamd.PamDir, outcome: Outcome,
         if not change.changed or change.service in outcome.skipped or not original.vendor:
             continue
         record = change.service + pamd.VENDOR_SUFFIX
-        edits.append(pamd.Edit(record, _read_record(directory, record), original.text, False))
+        edits.append(pamd.Edit(record, directory.read(record), original.text, False))
         outcome.notes.append(f"{change.service}: {directory.path / change.service} is new, "
                              f"made from the vendor file {vendor and vendor / change.service} "
                              f"(which PAM reads as long as {directory.path} has no file of "
@@ -287,10 +288,6 @@ def _vendor_copies(directory: pamd.PamDir, outcome: Outcome,
                              f"again")
     return edits
 
-
-def _read_record(directory: pamd.PamDir, name: str) -> pamd.Original | None:
-    """The vendor record NAME; a symlink or other odd file there is refused."""
-    return directory.read(name)
 
 
 def disable(services: Sequence[str], pam_dir: Path = DEFAULT_PAM_DIR,
