@@ -164,9 +164,11 @@ def _load(directory: pamd.PamDir, service: str, vendor: _Vendor | None = None,
         if original is not None:
             return original
     if original is None:
-        where = f" nor {vendor.path / service}" if vendor is not None and vendor.path else ""
-        raise Refused(f"unknown service {service}: {path}{where} does not exist; nothing "
-                      f"written")
+        if vendor is not None and vendor.path is not None:
+            missing = f"neither {path} nor {vendor.path / service} exists"
+        else:
+            missing = f"{path} does not exist"
+        raise Refused(f"unknown service {service}: {missing}; nothing written")
     _parses(path, original.text)
     return original
 
