@@ -28,6 +28,7 @@ SESSION_SERVICES: Dict[str, str] = {
     "cron": "cron jobs",
     "atd": "at and batch jobs",
     "systemd-user": "systemd --user and the user's services",
+    "systemd-run0": "run0 (systemd 256 and later)",
     "remote": "telnet and rlogin logins", "rlogin": "rlogin logins", "rsh": "rsh commands",
     "xrdp-sesman": "remote desktop sessions",
     "cockpit": "Cockpit web console sessions",

@@ -42,7 +42,8 @@ EPILOG = """examples:
 exit status: 0 done, 1 failed or problems found, 2 refused (nothing was changed)
 """
 
-PAM_DIR_HELP = "the PAM configuration directory (default: /etc/pam.d)"
+PAM_DIR_HELP = ("the PAM configuration directory (default: /etc/pam.d); files it lacks are read "
+                "from the vendor directory, /usr/lib/pam.d (ROOT/usr/lib/pam.d for ROOT/etc/pam.d)")
 
 
 def _print_notes(notes: List[str]) -> None:

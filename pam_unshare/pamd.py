@@ -25,6 +25,9 @@ TYPES = ("auth", "account", "password", "session")
 CONTROL_KEYWORDS = ("required", "requisite", "sufficient", "optional", "include", "substack")
 INCLUDE_DIRECTIVE = "@include"
 BACKUP_SUFFIX = ".pam-unshare.bak"
+# Next to a file that enable created from a vendor file (/usr/lib/pam.d/NAME): the vendor text it
+# was made from. It tells disable that the file is ours to remove again.
+VENDOR_SUFFIX = ".pam-unshare.vendor"
 _ENCODING = "utf-8"
 _ERRORS = "surrogateescape"
 _READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
@@ -278,6 +281,7 @@ class Original:
     name: str
     data: bytes
     info: os.stat_result
+    vendor: bool = False  # read from the vendor directory: the file to edit does not exist yet
 
     @property
     def text(self) -> str:
@@ -292,7 +296,7 @@ class Original:
 class Edit:
     name: str
     original: Original | None  # None: a new file (mode 0644, owned by the caller)
-    text: str
+    text: str | None  # None: remove ORIGINAL
     backup: bool  # save ORIGINAL as NAME.pam-unshare.bak first
 
 
@@ -369,8 +373,20 @@ class PamDir:
         return (f"{self.path / name} was replaced or changed while pam-unshare was editing it; "
                 f"left as it is")
 
+    def _remove(self, edit: Edit, undo: List[Tuple[str, Callable[[], None]]]) -> None:
+        """Removes EDIT's file if it is still the one read: no one else's file goes."""
+        if edit.original is None:
+            return
+        self._still(edit.original, edit.name)()
+        os.unlink(edit.name, dir_fd=self.fd)
+        os.fsync(self.fd)
+        undo.append((edit.name, self._putter(edit.name, edit.original)))
+
     def _replace(self, edit: Edit, undo: List[Tuple[str, Callable[[], None]]]) -> Path | None:
         original = edit.original
+        if edit.text is None:
+            self._remove(edit, undo)
+            return None
         if original is None:
             mode, uid, gid = 0o644, os.geteuid(), os.getegid()
         else:
@@ -404,16 +420,17 @@ class PamDir:
         return put
 
     def apply(self, edits: Sequence[Edit]) -> Dict[str, Path | None]:
-        """Makes every edit, or none: when one fails, the files already written are put back
-        and errors.Failed says what failed and which files were put back. Returns each name's
-        backup, if one was saved."""
+        """Makes every edit (a write, or a removal), or none: when one fails, the files already
+        written or removed are put back and errors.Failed says what failed and which files were
+        put back. Returns each name's backup, if one was saved."""
         undo: List[Tuple[str, Callable[[], None]]] = []
         saved: Dict[str, Path | None] = {}
         for edit in edits:
             try:
                 saved[edit.name] = self._replace(edit, undo)
             except (OSError, Failed) as error:
-                raise Failed(f"writing {self.path / edit.name} failed: {_why(error)}; "
+                verb = "removing" if edit.text is None else "writing"
+                raise Failed(f"{verb} {self.path / edit.name} failed: {_why(error)}; "
                              f"{self._undo(undo)}") from None
         return saved
 

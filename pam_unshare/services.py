@@ -4,16 +4,19 @@ text, refuse a plan that could lock anyone out, then write (through pamd) under 
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Sequence, Set
+from typing import Dict, List, Literal, Sequence, Set
 
 from pam_unshare import audit, options, pamd, system
 from pam_unshare.errors import Failed, NeedsRoot, Refused
-from pam_unshare.stacks import PamTree, StackError, is_service_name
+from pam_unshare.stacks import PamTree, StackError, is_service_name, vendor_dir_for
 
 DEFAULT_PAM_DIR = Path("/etc/pam.d")
+# "auto": the vendor directory that goes with the PAM directory (stacks.vendor_dir_for).
+VendorDir = Path | None | Literal["auto"]
 # What a refusal of ours must keep from breaking: findings of these kinds about a line we add.
 _BLOCKING = ("order", "module", "stack")
 
@@ -110,18 +113,63 @@ def _require_write(pam_dir: Path, command: str) -> None:
     raise Failed(f"{pam_dir} is not writable")
 
 
-def _load(directory: pamd.PamDir, service: str) -> pamd.Original:
+class _Vendor:
+    """The vendor directory, opened (and judged) only when a service needs it."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self._directory: pamd.PamDir | None = None
+
+    def read(self, service: str) -> pamd.Original | None:
+        """SERVICE's vendor file, or None. Refuses a symlink or a file that does not parse: it
+        would become the content of a file root writes."""
+        if self.path is None or not self.path.is_dir():
+            return None
+        if self._directory is None:
+            self._directory = pamd.PamDir(self.path, lock=False)
+        try:
+            found = self._directory.read(service)
+        except Refused:
+            raise Refused(f"{self.path / service} is a symbolic link or not a regular file; "
+                          f"pam-unshare copies only regular vendor files; nothing written") \
+                from None
+        if found is None:
+            return None
+        _parses(self.path / service, found.text)
+        return dataclasses.replace(found, vendor=True)
+
+    def close(self) -> None:
+        if self._directory is not None:
+            self._directory.__exit__()
+            self._directory = None
+
+
+def _parses(path: Path, text: str) -> None:
+    try:
+        pamd.parse(text)
+    except pamd.ParseError as error:
+        raise Refused(f"{path} does not parse ({error}); refusing to edit it, nothing "
+                      f"written") from None
+
+
+def _load(directory: pamd.PamDir, service: str, vendor: _Vendor | None = None,
+          ) -> pamd.Original:
+    """SERVICE's file in DIRECTORY, or (with VENDOR, when DIRECTORY has none) its vendor file."""
     if not is_service_name(service):
         raise Refused(f'"{service}" is not a PAM service name; nothing written')
     path = directory.path / service
     original = directory.read(service)
+    if original is None and vendor is not None:
+        original = vendor.read(service)
+        if original is not None:
+            return original
     if original is None:
-        raise Refused(f"unknown service {service}: {path} does not exist; nothing written")
-    try:
-        pamd.parse(original.text)
-    except pamd.ParseError as error:
-        raise Refused(f"{path} does not parse ({error}); refusing to edit it, nothing "
-                      f"written") from None
+        if vendor is not None and vendor.path is not None:
+            missing = f"neither {path} nor {vendor.path / service} exists"
+        else:
+            missing = f"{path} does not exist"
+        raise Refused(f"unknown service {service}: {missing}; nothing written")
+    _parses(path, original.text)
     return original
 
 
@@ -166,15 +214,22 @@ def _skip_covered(tree: PamTree, requested: List[str], before: Dict[str, str],
     return final
 
 
+def _vendor_path(pam_dir: Path, vendor_dir: VendorDir) -> Path | None:
+    return vendor_dir_for(pam_dir) if vendor_dir == "auto" else vendor_dir
+
+
 def enable(services: Sequence[str], arguments: Sequence[str] = (),
            module: str = pamd.MODULE_TOKEN, pam_dir: Path = DEFAULT_PAM_DIR,
-           dry_run: bool = False) -> Outcome:
+           dry_run: bool = False, vendor_dir: VendorDir = "auto") -> Outcome:
     """Adds `session required MODULE ARGUMENTS` to each service's file, after its other session
-    lines and includes, or updates the line that is there. Refuses (errors.Refused, nothing
-    written) an invalid option, an unknown service, a file that does not parse, a module PAM
-    could not load or someone else controls, a host where sessions cannot get their namespaces
-    (with onerr=fail), or a change that puts our line before another session module of any
-    stack. Writes every file or none."""
+    lines and includes, or updates the line that is there. A service that only has a vendor
+    file (VENDOR_DIR/NAME, which PAM reads when PAM_DIR has no NAME) gets PAM_DIR/NAME: the
+    vendor text plus our line, and NAME.pam-unshare.vendor next to it, the vendor text it was
+    made from (what lets disable remove it again). Refuses (errors.Refused, nothing written) an
+    invalid option, an unknown service, a file that does not parse, a module PAM could not load
+    or someone else controls, a host where sessions cannot get their namespaces (with
+    onerr=fail), or a change that puts our line before another session module of any stack.
+    Writes every file or none."""
     validate_options(arguments)
     validate_module(module)
     _check_pam_dir(pam_dir)
@@ -185,10 +240,14 @@ def enable(services: Sequence[str], arguments: Sequence[str] = (),
     note = require_namespaces(requested, arguments)
     if note:
         outcome.notes.append(note)
+    vendor = _Vendor(_vendor_path(pam_dir, vendor_dir))
     with pamd.PamDir(pam_dir, lock=not dry_run) as directory:
-        originals = {service: _load(directory, service) for service in requested}
+        try:
+            originals = {service: _load(directory, service, vendor) for service in requested}
+        finally:
+            vendor.close()
         before = {service: originals[service].text for service in requested}
-        tree = PamTree(pam_dir, before)
+        tree = PamTree(pam_dir, before, vendor.path)
         line = pamd.session_line(module, arguments)
         planned = {s: pamd.with_session_line(before[s], line) for s in requested}
         for service, text in planned.items():
@@ -208,28 +267,62 @@ def enable(services: Sequence[str], arguments: Sequence[str] = (),
             if finding.kind == "twice" and finding.ours in changed:
                 outcome.notes.append(str(finding).replace("warning: ", "", 1))
         outcome.changes = [Change(s, tree.path(s), before[s], final[s]) for s in requested]
+        copies = _vendor_copies(directory, outcome, originals, vendor.path)
         if not dry_run:
             # The backup keeps the version from before enable: a file that already has a line
             # of ours (new options) keeps the backup it has.
             _write(directory, outcome, originals,
-                   {s for s in requested if not pamd.parse(before[s]).ours()})
+                   {s for s in requested if not pamd.parse(before[s]).ours()}, copies)
     return outcome
 
 
+def _vendor_copies(directory: pamd.PamDir, outcome: Outcome,
+                   originals: Dict[str, pamd.Original], vendor: Path | None) -> List[pamd.Edit]:
+    """For each change of a vendor file: the record of the vendor text it is made from (the
+    change itself creates DIRECTORY/NAME, as the service has no file there yet)."""
+    edits = []
+    for change in outcome.changes:
+        original = originals[change.service]
+        if not change.changed or change.service in outcome.skipped or not original.vendor:
+            continue
+        record = change.service + pamd.VENDOR_SUFFIX
+        edits.append(pamd.Edit(record, directory.read(record), original.text, False))
+        outcome.notes.append(f"{change.service}: {directory.path / change.service} is new, "
+                             f"made from the vendor file {vendor and vendor / change.service} "
+                             f"(which PAM reads as long as {directory.path} has no file of "
+                             f"that name); `pam-unshare disable {change.service}` removes it "
+                             f"again")
+    return edits
+
+
+
 def disable(services: Sequence[str], pam_dir: Path = DEFAULT_PAM_DIR,
-            dry_run: bool = False) -> Outcome:
+            dry_run: bool = False, vendor_dir: VendorDir = "auto") -> Outcome:
     """Removes every line of ours from each service's file: a file enabled by `enable` gets its
-    original bytes back."""
+    original bytes back. A file enable made from a vendor file is removed again when it holds
+    exactly that vendor text plus our line and the vendor file is still that text (PAM reads
+    the vendor file again); otherwise only our line goes, with a note."""
     _check_pam_dir(pam_dir)
     if not dry_run:
         _require_write(pam_dir, "disable")
     requested = list(dict.fromkeys(services))
     outcome = Outcome()
+    vendor = _Vendor(_vendor_path(pam_dir, vendor_dir))
     with pamd.PamDir(pam_dir, lock=not dry_run) as directory:
-        originals = {service: _load(directory, service) for service in requested}
-        before = {service: originals[service].text for service in requested}
-        tree = PamTree(pam_dir, before)
-        final = {s: pamd.without_session_line(before[s]) for s in requested}
+        try:
+            originals = {service: _load(directory, service, vendor) for service in requested}
+            before = {service: originals[service].text for service in requested}
+            final = {s: pamd.without_session_line(before[s]) for s in requested}
+            for service in requested:
+                if originals[service].vendor and final[service] != before[service]:
+                    raise Refused(f"{service}: pam_unshare.so is in the vendor file "
+                                  f"{vendor.path and vendor.path / service}, which pam-unshare "
+                                  f"does not edit (the package that owns it does); nothing "
+                                  f"written")
+            removals = _vendor_removals(directory, vendor, originals, final, outcome)
+        finally:
+            vendor.close()
+        tree = PamTree(pam_dir, before, vendor.path)
         after = tree.with_overrides(final)
         was = {e.service for e in audit.enabled(tree)}
         still = {e.service: e.via for e in audit.enabled(after)}
@@ -243,14 +336,54 @@ def disable(services: Sequence[str], pam_dir: Path = DEFAULT_PAM_DIR,
         outcome.changes = [Change(s, tree.path(s), before[s], final[s]) for s in requested]
         if not dry_run:
             # No backup: the one enable saved is the version from before enable, and stays.
-            _write(directory, outcome, originals, set())
+            _write(directory, outcome, originals, set(), removals)
     return outcome
 
 
+def _vendor_removals(directory: pamd.PamDir, vendor: _Vendor,
+                     originals: Dict[str, pamd.Original], final: Dict[str, str],
+                     outcome: Outcome) -> List[pamd.Edit]:
+    """For each file enable made from a vendor file (it has a NAME.pam-unshare.vendor record):
+    the record's removal, and the file's when it would hold exactly the recorded vendor text and
+    the vendor file still is that text. Notes say why a file stays."""
+    edits = []
+    for service, original in originals.items():
+        if original.vendor:
+            continue
+        record_name = service + pamd.VENDOR_SUFFIX
+        record = directory.read(record_name)
+        if record is None:
+            continue
+        edits.append(pamd.Edit(record_name, record, None, False))
+        now = vendor.read(service)
+        path = directory.path / service
+        source = vendor.path and vendor.path / service
+        if final[service] != record.text:
+            outcome.notes.append(f"{service}: {path} was made from the vendor file by enable "
+                                 f"and has changed since (not only our line): kept, without "
+                                 f"our line")
+        elif now is None or now.data != record.data:
+            state = "is gone" if now is None else "has changed"
+            outcome.notes.append(f"{service}: the vendor file {source} "
+                                 f"{state} since enable made {path} from it: kept {path}, "
+                                 f"without our line (a copy of the old vendor file); remove it "
+                                 f"to use the vendor file")
+        else:
+            edits.append(pamd.Edit(service, original, None, False))
+            outcome.notes.append(f"{service}: {path} goes, as enable had made it from the "
+                                 f"vendor file {source}: PAM reads that file again")
+    return edits
+
+
 def _write(directory: pamd.PamDir, outcome: Outcome, originals: Dict[str, pamd.Original],
-           backup: Set[str]) -> None:
-    """Every changed file, or none (pamd.PamDir.apply puts back what it wrote on a failure)."""
-    edits = [pamd.Edit(change.service, originals[change.service], change.after,
-                       change.service in backup)
-             for change in outcome.changes if change.changed]
-    outcome.backups.update(directory.apply(edits))
+           backup: Set[str], extra: Sequence[pamd.Edit] = ()) -> None:
+    """Every changed file and EXTRA, or none (pamd.PamDir.apply puts back what it wrote on a
+    failure). A removal in EXTRA replaces the change of the same file."""
+    replaced = {edit.name for edit in extra}
+    edits = [pamd.Edit(change.service,
+                       None if originals[change.service].vendor else originals[change.service],
+                       change.after, change.service in backup)
+             for change in outcome.changes
+             if change.changed and change.service not in outcome.skipped
+             and change.service not in replaced]
+    outcome.backups.update(directory.apply([*edits, *extra]))

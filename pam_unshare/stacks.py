@@ -1,5 +1,6 @@
-"""Reading a PAM configuration directory as PAM does: which session modules a service runs, in
-which order, following @include, include and substack. Read-only.
+"""Reading a PAM configuration as PAM does: which session modules a service runs, in which order,
+following @include, include and substack, with Linux-PAM's precedence of the admin's directory
+(/etc/pam.d) over the vendor's (/usr/lib/pam.d). Read-only.
 """
 
 from __future__ import annotations
@@ -8,15 +9,35 @@ import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Mapping, Tuple
+from typing import Dict, List, Literal, Mapping, Tuple
 
 from pam_unshare import pamd
 
+# Where Linux-PAM (1.4 and later) reads a service or included file that /etc/pam.d lacks.
+VENDOR_DIR = Path("/usr/lib/pam.d")
 # Linux-PAM's PAM_SUBSTACK_MAX_LEVEL: deeper nesting is an error (and catches include loops).
 MAX_INCLUDE_LEVEL = 16
 # Files in a PAM directory that are not services: editors', dpkg's, ucf's and our own leftovers.
 _NOT_SERVICES = (pamd.BACKUP_SUFFIX, ".dpkg-old", ".dpkg-dist", ".dpkg-new", ".dpkg-bak",
-                 ".dpkg-tmp", ".ucf-old", ".ucf-dist", ".ucf-new", ".bak", ".orig", ".rej", "~")
+                 ".dpkg-tmp", ".ucf-old", ".ucf-dist", ".ucf-new", ".bak", ".orig", ".rej", "~",
+                 pamd.VENDOR_SUFFIX)
+
+
+def _service_files(directory: Path) -> List[str]:
+    names = []
+    try:
+        with os.scandir(directory) as entries:
+            for entry in entries:
+                if not is_service_name(entry.name):
+                    continue
+                try:
+                    if stat.S_ISREG(os.stat(entry.path).st_mode):
+                        names.append(entry.name)
+                except OSError:
+                    continue
+    except (FileNotFoundError, NotADirectoryError):
+        pass
+    return names
 
 
 class StackError(Exception):
@@ -46,21 +67,46 @@ def is_service_name(name: str) -> bool:
             and not name.endswith(_NOT_SERVICES))
 
 
-class PamTree:
-    """The files of one PAM directory, read lazily, optionally with some files' planned texts
-    (OVERRIDES: name -> text) in place of what is on disk."""
+def vendor_dir_for(pam_dir: Path) -> Path | None:
+    """The vendor directory Linux-PAM reads after PAM_DIR: /usr/lib/pam.d for /etc/pam.d, and
+    ROOT/usr/lib/pam.d for ROOT/etc/pam.d (an image's tree); None for any other directory (a
+    bare copy of a PAM directory has no vendor files)."""
+    if pam_dir.parts[-2:] != ("etc", "pam.d"):
+        return None
+    return pam_dir.parent.parent / VENDOR_DIR.relative_to("/")
 
-    def __init__(self, pam_dir: Path, overrides: Mapping[str, str] | None = None) -> None:
+
+class PamTree:
+    """The files of one PAM configuration, read lazily: PAM_DIR's, and for a name PAM_DIR lacks,
+    VENDOR_DIR's (default: vendor_dir_for(PAM_DIR)), as Linux-PAM looks a service or an
+    included file up; optionally with some files' planned texts (OVERRIDES: name -> text, the
+    planned content of PAM_DIR/name) in place of what is on disk."""
+
+    def __init__(self, pam_dir: Path, overrides: Mapping[str, str] | None = None,
+                 vendor_dir: Path | None | Literal["auto"] = "auto") -> None:
         self.pam_dir = pam_dir
+        self.vendor_dir = vendor_dir_for(pam_dir) if vendor_dir == "auto" else vendor_dir
         self.overrides: Dict[str, str] = dict(overrides or {})
         self._texts: Dict[str, str | None] = {}
         self._parsed: Dict[str, pamd.PamFile | pamd.ParseError] = {}
 
     def with_overrides(self, overrides: Mapping[str, str]) -> PamTree:
-        return PamTree(self.pam_dir, {**self.overrides, **overrides})
+        return PamTree(self.pam_dir, {**self.overrides, **overrides}, self.vendor_dir)
 
     def path(self, name: str) -> Path:
-        return Path(name) if name.startswith("/") else self.pam_dir / name
+        """Where PAM reads NAME from: PAM_DIR/NAME if it is a file there (or planned), else
+        VENDOR_DIR/NAME if that is a file, else PAM_DIR/NAME (which does not exist)."""
+        if name.startswith("/"):
+            return Path(name)
+        own = self.pam_dir / name
+        if name in self.overrides or self.vendor_dir is None or own.is_file():
+            return own
+        vendor = self.vendor_dir / name
+        return vendor if vendor.is_file() else own
+
+    def is_vendor(self, name: str) -> bool:
+        """Whether PAM reads NAME from the vendor directory (no file of that name in PAM_DIR)."""
+        return self.vendor_dir is not None and self.path(name).parent == self.vendor_dir
 
     def text(self, name: str) -> str | None:
         """The file's text, or None when there is no such regular file."""
@@ -90,20 +136,11 @@ class PamTree:
         return result
 
     def services(self) -> List[str]:
-        """Names of the service files in the directory (and planned ones), sorted."""
+        """Names of the service files in both directories (and planned ones), sorted."""
         names = set(self.overrides)
-        try:
-            with os.scandir(self.pam_dir) as entries:
-                for entry in entries:
-                    if not is_service_name(entry.name):
-                        continue
-                    try:
-                        if stat.S_ISREG(os.stat(entry.path).st_mode):
-                            names.add(entry.name)
-                    except OSError:
-                        continue
-        except FileNotFoundError:
-            pass
+        for directory in (self.pam_dir, self.vendor_dir):
+            if directory is not None:
+                names.update(_service_files(directory))
         return sorted(names)
 
     def session_stack(self, service: str) -> List[Entry]:

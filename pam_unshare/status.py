@@ -118,6 +118,7 @@ def collect(pam_dir: Path, unit_dir: Path = usermanager.DEFAULT_UNIT_DIR) -> Dic
     return {
         "version": __version__,
         "pam_dir": str(pam_dir),
+        "vendor_dir": str(tree.vendor_dir) if tree.vendor_dir else None,
         "module": module_facts(),
         "enabled": _enabled(tree),
         "kernel": system.kernel_support().as_dict(),

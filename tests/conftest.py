@@ -42,10 +42,10 @@ ENABLED_SERVICES = ("su", "sudo", "sudo-i", "sshd", TEST_SERVICE)
 
 
 # The hosts the isolation suite (tests/isolation) runs against when --hosts is not given: this
-# machine, a booted systemd container and a QEMU VM (hosts/tiers.py); all three fit in CI's time
-# limit (the VM tier takes about 20 minutes under emulation). PU_TEST_HOSTS replaces the list,
-# e.g. PU_TEST_HOSTS=local:// for a quick run.
-DEFAULT_HOSTS = "local://,ssh://pu-container,ssh://pu-vm"
+# machine, booted systemd containers of Debian 12 and 13 and a QEMU VM (hosts/tiers.py); all fit
+# in CI's time limit (the VM tier takes about 20 minutes under emulation). PU_TEST_HOSTS replaces
+# the list, e.g. PU_TEST_HOSTS=local:// for a quick run.
+DEFAULT_HOSTS = "local://,ssh://pu-container,ssh://pu-container-trixie,ssh://pu-vm"
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -75,6 +75,11 @@ def make_entries(tools: Tools) -> Dict[str, Entry]:
         # sudo -i: the PAM service sudo-i, a login shell that runs the command.
         Entry("sudo-login", lambda user, cmd: ["sudo", "-i", "-u", user, "--", "sh", "-c",
                                                _survive_login_shell(cmd)]),
+        # sudo-rs (Debian 13): the same PAM service sudo, its own pty handling.
+        Entry("sudo-rs-nopty", lambda user, cmd: ["sudo-rs", "-u", user, "--", "sh", "-c",
+                                                  cmd]),
+        Entry("sudo-rs-pty", lambda user, cmd: in_pty(["sudo-rs", "-u", user, "--", "sh", "-c",
+                                                       cmd])),
         Entry("ssh-command", lambda user, cmd: tools.ssh(user, cmd, False)),
         Entry("ssh-pty", lambda user, cmd: tools.ssh(user, cmd, True)),
         Entry("python-pam", lambda user, cmd: [*tools.python, f"{tools.helpers}/pam_session.py",
@@ -85,3 +90,7 @@ def make_entries(tools: Tools) -> Dict[str, Entry]:
 
 ENTRY_NAMES = ["su", "su-login", "sudo-nopty", "sudo-pty", "sudo-login", "ssh-command", "ssh-pty",
                "python-pam"]
+# Entry paths only some hosts have (the isolation suite runs them where the tier lists them,
+# hosts/tiers.py, and deselects them elsewhere).
+SUDO_RS_ENTRY_NAMES = ["sudo-rs-nopty", "sudo-rs-pty"]
+ISOLATION_ENTRY_NAMES = ENTRY_NAMES + SUDO_RS_ENTRY_NAMES

@@ -29,7 +29,7 @@ from pathlib import Path
 from types import TracebackType
 
 DEFAULT_CACHE_DIR = Path("/var/cache/pam-unshare-tests")
-SUITE = "bookworm"
+SUITE = "bookworm"  # the default release; build_rootfs(suite=...) makes the others
 VARIANT = "minbase"
 PACKAGES: tuple[str, ...] = (
     "systemd-sysv",
@@ -48,6 +48,15 @@ PACKAGES: tuple[str, ...] = (
     "cron",
     "at",
 )
+# What a release has on top of PACKAGES: Debian 13's entry paths (sudo-rs; run0 comes with
+# systemd 257, sshd-session with OpenSSH 10).
+SUITE_PACKAGES: Mapping[str, tuple[str, ...]] = {"trixie": ("sudo-rs",)}
+
+
+def suite_packages(suite: str) -> tuple[str, ...]:
+    return PACKAGES + SUITE_PACKAGES.get(suite, ())
+
+
 # Bump when the way the root filesystem is made changes (hooks, options).
 _RECIPE_VERSION = "2"
 _PR_SET_PDEATHSIG = 1
@@ -148,21 +157,24 @@ def host_debian_mirrors(suite: str = SUITE) -> list[str]:
     return lines
 
 
-def rootfs_key(mirrors: Sequence[str], packages: Sequence[str] = PACKAGES) -> str:
+def rootfs_key(mirrors: Sequence[str], packages: Sequence[str] = PACKAGES,
+               suite: str = SUITE) -> str:
     """Cache key: changes whenever the package list (or suite, mirrors, recipe) changes."""
-    material = "\n".join([_RECIPE_VERSION, SUITE, VARIANT, *sorted(packages), "--", *mirrors])
+    material = "\n".join([_RECIPE_VERSION, suite, VARIANT, *sorted(packages), "--", *mirrors])
     return hashlib.sha256(material.encode()).hexdigest()[:16]
 
 
 def build_rootfs(
     cache_dir: Path = DEFAULT_CACHE_DIR,
-    packages: Sequence[str] = PACKAGES,
+    packages: Sequence[str] | None = None,
     *,
     log: Path | None = None,
+    suite: str = SUITE,
 ) -> Path:
-    """Return a cached Debian 12 root filesystem, building it first if needed.
+    """Return a cached root filesystem of Debian *suite* (default: Debian 12), building it
+    first if needed; *packages* default to ``suite_packages(suite)``.
 
-    The result lives at ``cache_dir/rootfs-bookworm-<hash>`` where the hash
+    The result lives at ``cache_dir/rootfs-<suite>-<hash>`` where the hash
     covers the package list. It is built into a temporary directory next to it
     and renamed into place only when mmdebstrap succeeded, so an interrupted
     build never leaves a half root filesystem behind. A lock file serialises
@@ -170,14 +182,15 @@ def build_rootfs(
     ``<cache_dir>/rootfs-bookworm-<hash>.log``).
     """
     cache_dir = Path(cache_dir)
-    mirrors = host_debian_mirrors()
-    key = rootfs_key(mirrors, packages)
-    final = cache_dir / f"rootfs-{SUITE}-{key}"
+    packages = suite_packages(suite) if packages is None else packages
+    mirrors = host_debian_mirrors(suite)
+    key = rootfs_key(mirrors, packages, suite)
+    final = cache_dir / f"rootfs-{suite}-{key}"
     if (final / "etc" / "os-release").exists():
         return final
 
     cache_dir.mkdir(parents=True, exist_ok=True)
-    log = log or cache_dir / f"rootfs-{SUITE}-{key}.log"
+    log = log or cache_dir / f"rootfs-{suite}-{key}.log"
     with open(cache_dir / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if (final / "etc" / "os-release").exists():  # another builder finished
@@ -206,7 +219,7 @@ def build_rootfs(
                 f' {_HOSTNAME} > "$1/etc/hosts"',
                 '--customize-hook=echo LANG=C.UTF-8 > "$1/etc/default/locale"',
                 '--customize-hook=: > "$1/etc/machine-id"',
-                SUITE,
+                suite,
                 str(tmp),
                 *mirrors,
             ]

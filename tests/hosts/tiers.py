@@ -1,8 +1,8 @@
 """The isolation suite's own test hosts, reached over ssh like any other testinfra host.
 
-Each tier boots a Debian 12 machine with systemd as PID 1, installs the libpam-unshare .deb in it
-and runs provision-test-host (the same steps as the Vagrant box), then answers on an admin sshd
-(port 2222, UsePAM no) for root with a key made for this run:
+Each tier boots a Debian machine (12; 13 for pu-container-trixie) with systemd as PID 1, installs
+the libpam-unshare .deb in it and runs provision-test-host (the same steps as the Vagrant box),
+then answers on an admin sshd (port 2222, UsePAM no) for root with a key made for this run:
 
 - ContainerTier: systemd-nspawn -b in a network namespace of its own (hosts/netns.py), reached at
   the namespace's address;
@@ -10,7 +10,7 @@ and runs provision-test-host (the same steps as the Vagrant box), then answers o
   this machine's loopback.
 
 ssh_config_entry() is what testinfra's ssh backend needs to find the host by its tier name
-(ssh://pu-container, ssh://pu-vm).
+(ssh://pu-container, ssh://pu-container-trixie, ssh://pu-vm).
 """
 
 from __future__ import annotations
@@ -24,11 +24,12 @@ from pathlib import Path
 from typing import Protocol
 
 from .netns import NetworkNamespace
-from .systemd_container import DEFAULT_CACHE_DIR, SystemdContainer, build_rootfs
+from .systemd_container import DEFAULT_CACHE_DIR, SUITE, SystemdContainer, build_rootfs
 
 PROVISION = Path(__file__).resolve().parent / "provision-test-host"
 ADMIN_PORT = 2222
 CONTAINER = "pu-container"
+CONTAINER_TRIXIE = "pu-container-trixie"
 VM = "pu-vm"
 
 
@@ -39,6 +40,7 @@ class TierError(RuntimeError):
 class Tier(Protocol):
     name: str
     scale: float
+    summary: str  # release, kernel and setup times, once started
 
     def start(self) -> None: ...
 
@@ -88,10 +90,13 @@ def wait_for_port(address: str, port: int, timeout: float) -> None:
 
 
 class ContainerTier:
-    """Debian 12 booted by systemd-nspawn in its own network namespace, the .deb installed (with
-    DEB None: the users, keys and admin sshd only, for a rollout to install the module)."""
+    """Debian SUITE (default 12) booted by systemd-nspawn in its own network namespace, the .deb
+    installed (with DEB None: the users, keys and admin sshd only, for a rollout to install the
+    module)."""
 
     scale = 1.0  # native speed: the full loop sizes
+    suite = SUITE
+    extra_entries: tuple[str, ...] = ()  # entry paths beyond ENTRY_NAMES (helpers/entries.py)
 
     def __init__(self, workdir: Path, deb: Path | None, cache: Path = DEFAULT_CACHE_DIR,
                  name: str = CONTAINER) -> None:
@@ -103,10 +108,12 @@ class ContainerTier:
         self.netns: NetworkNamespace | None = None
         self.container: SystemdContainer | None = None
         self.timings: dict[str, float] = {}
+        self.kernel = ""
+        self.summary = ""
 
     def start(self) -> None:
         started = time.monotonic()
-        rootfs = build_rootfs(self.cache)
+        rootfs = build_rootfs(self.cache, suite=self.suite)
         self.timings["rootfs"] = time.monotonic() - started
         self.netns = NetworkNamespace()
         try:
@@ -133,9 +140,11 @@ class ContainerTier:
         except BaseException:
             self.stop()
             raise
-        print(f"\n{self.name}: rootfs {self.timings['rootfs']:.1f} s, boot "
-              f"{self.timings['boot']:.1f} s, provisioning {self.timings['provision']:.1f} s, "
-              f"at {self.netns.address}", file=sys.stderr)
+        self.kernel = self.container.run(["uname", "-r"]).stdout.strip()
+        self.summary = (f"{self.name} (Debian {self.suite}, kernel {self.kernel}): rootfs "
+                        f"{self.timings['rootfs']:.1f} s, boot {self.timings['boot']:.1f} s, "
+                        f"provisioning {self.timings['provision']:.1f} s")
+        print(f"\n{self.summary}, at {self.netns.address}", file=sys.stderr)
 
     def stop(self) -> None:
         if self.container is not None:
@@ -158,6 +167,17 @@ class ContainerTier:
         return ssh_config_entry(self.name, self.netns.address, ADMIN_PORT, self.key)
 
 
+class TrixieContainerTier(ContainerTier):
+    """The same tier on Debian 13: sudo-rs, run0 (systemd 257), OpenSSH 10's sshd-session."""
+
+    suite = "trixie"
+    extra_entries = ("sudo-rs-nopty", "sudo-rs-pty", "run0")
+
+    def __init__(self, workdir: Path, deb: Path | None, cache: Path = DEFAULT_CACHE_DIR,
+                 name: str = CONTAINER_TRIXIE) -> None:
+        super().__init__(workdir, deb, cache, name)
+
+
 class VmTier:
     """Debian 12 under QEMU (-accel tcg), ssh forwarded to loopback, the .deb installed."""
 
@@ -165,6 +185,10 @@ class VmTier:
     # Emulated CPUs run logins about ten times slower: loops of hundreds of logins shrink to a
     # tenth (tests/isolation/targets.rounds), every check stays.
     scale = 0.1
+    # and the logout, reaping and exemption tests run for one entry path of each kind (no pty,
+    # pty, sshd, a PAM library caller) unless PU_ISOLATION_FULL=1 (tests/isolation/conftest.py):
+    # CI's budget pays for the Debian 13 tier this way. Every entry path x probe stays.
+    behaviour_entries = ("su", "sudo-pty", "ssh-command", "python-pam")
 
     def __init__(self, workdir: Path, deb: Path, cache: Path = DEFAULT_CACHE_DIR) -> None:
         self.workdir = workdir
@@ -173,6 +197,8 @@ class VmTier:
         self.key = make_admin_key(workdir)
         self.vm = None
         self.timings: dict[str, float] = {}
+        self.kernel = ""
+        self.summary = ""
 
     def start(self) -> None:
         from .qemu_vm import QemuVm, build_image  # imported late: only this tier needs QEMU
@@ -200,9 +226,11 @@ class VmTier:
         except BaseException:
             self.stop()
             raise
-        print(f"\n{self.name}: image {self.timings['image']:.1f} s, boot "
-              f"{self.timings['boot']:.1f} s, provisioning {self.timings['provision']:.1f} s, "
-              f"admin ssh on 127.0.0.1:{self.vm.admin_port}", file=sys.stderr)
+        self.kernel = self.vm.run("uname -r").stdout.strip()
+        self.summary = (f"{self.name} (Debian {SUITE}, kernel {self.kernel}): image "
+                        f"{self.timings['image']:.1f} s, boot {self.timings['boot']:.1f} s, "
+                        f"provisioning {self.timings['provision']:.1f} s")
+        print(f"\n{self.summary}, admin ssh on 127.0.0.1:{self.vm.admin_port}", file=sys.stderr)
 
     def stop(self) -> None:
         if self.vm is not None:
@@ -216,4 +244,4 @@ class VmTier:
         return ssh_config_entry(self.name, "127.0.0.1", self.vm.admin_port, self.key)
 
 
-TIERS = {CONTAINER: ContainerTier, VM: VmTier}
+TIERS = {CONTAINER: ContainerTier, CONTAINER_TRIXIE: TrixieContainerTier, VM: VmTier}

@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Dict, Iterator
+from typing import Dict, Iterator, List
 
 import pytest
 from conftest import require, require_root
+from helpers.entries import SUDO_RS_ENTRY_NAMES
 from hosts.fixtures import CACHE_ENV
 from hosts.systemd_container import DEFAULT_CACHE_DIR
 from hosts.tiers import TIERS, Tier
@@ -20,6 +21,15 @@ from isolation.targets import LocalTarget, RemoteTarget, Target
 HERE = Path(__file__).resolve().parent
 # Overrides the loop sizes on remote hosts (1 = the full suite; targets.rounds()).
 SCALE_ENV = "PU_ISOLATION_SCALE"
+TIER_SUMMARIES = pytest.StashKey[List[str]]()
+# 1: every entry path through every test on every tier, the VM included (see Tiers.behaviour).
+FULL_ENV = "PU_ISOLATION_FULL"
+# Tests of what happens around a session (logout, orphans, root's exemption), run for every entry
+# path (the other exemption tests take three already).
+BEHAVIOUR_TESTS = ("test_logout_is_prompt_and_leaves_nothing",
+                   "test_linger_without_background_job_leaves_no_init", "test_orphans_are_reaped",
+                   "test_caller_gets_eof_while_the_session_lingers",
+                   "test_root_is_exempt_by_default")
 
 
 def host_name(host: Host) -> str:
@@ -48,6 +58,7 @@ class Tiers:
         tier = TIERS[name](self.workdir, deb, cache)
         tier.start()
         self.running[name] = tier
+        self.config.stash.setdefault(TIER_SUMMARIES, []).append(tier.summary)
         with open(ssh_config, "a") as config:
             config.write(tier.ssh_config_entry())
 
@@ -69,23 +80,49 @@ def pytest_itemcollected(item: pytest.Item) -> None:
         item.add_marker(pytest.mark.xdist_group(host.backend.get_pytest_id()))
 
 
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter,
+                            config: pytest.Config) -> None:
+    """Which release and kernel each booted tier ran: part of every run's record."""
+    for line in config.stash.get(TIER_SUMMARIES, []):
+        terminalreporter.write_line(f"tier {line}")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
-    """A test module may list test names in NATIVE_SPEED_ONLY: those are deselected (not
-    skipped: they never count) on the suite's emulated hosts (tier scale < 1), where each would
-    cost minutes and cover nothing the container does not."""
-    keep, drop = [], []
+    """Deselects (never skips: they do not count) what a host does not run:
+    - entry paths that only some hosts have (sudo-rs, run0), everywhere but the tiers that list
+      them;
+    - on a tier with behaviour_entries (the emulated VM), the logout, reaping and exemption
+      tests of other entry paths, unless PU_ISOLATION_FULL=1 (every entry path still goes
+      through every probe there);
+    - on emulated tiers (scale < 1), the tests a module lists in NATIVE_SPEED_ONLY, which would
+      cost minutes there and cover nothing the container does not."""
+    full = os.environ.get(FULL_ENV) == "1"
+    kept, dropped = [], []
     for item in items:
         callspec = getattr(item, "callspec", None)
+        entry = callspec.params.get("entry_name") if callspec else None
         host = callspec.params.get("_testinfra_host") if callspec else None
-        only = getattr(getattr(item, "module", None), "NATIVE_SPEED_ONLY", ())
+        if item.path.name == "test_run0.py":
+            entry = "run0"
         tier = TIERS.get(host_name(host)) if host is not None else None
-        if item.originalname in only and tier is not None and tier.scale < 1:
-            drop.append(item)
-        else:
-            keep.append(item)
-    if drop:
-        config.hook.pytest_deselected(items=drop)
-        items[:] = keep
+        only_native = getattr(getattr(item, "module", None), "NATIVE_SPEED_ONLY", ())
+        if entry in (*SUDO_RS_ENTRY_NAMES, "run0") and host is not None \
+                and entry not in getattr(tier, "extra_entries", ()):
+            dropped.append(item)
+            continue
+        brief = getattr(tier, "behaviour_entries", None)
+        if not full and brief is not None and entry is not None and entry not in brief \
+                and getattr(item, "originalname", "") in BEHAVIOUR_TESTS:
+            dropped.append(item)
+            continue
+        if getattr(item, "originalname", "") in only_native and tier is not None \
+                and tier.scale < 1:
+            dropped.append(item)
+            continue
+        kept.append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
 
 
 @pytest.fixture(scope="session")

@@ -155,7 +155,7 @@ def fd_targets(pid: int) -> Dict[int, str]:
 # Entries that give the session a terminal. When the shell exits there, the terminal hangs up and
 # its SIGHUP can reach a background job before `setsid` or `nohup` in it has run: a job meant to
 # outlive the shell has to ignore SIGHUP from its fork on, i.e. before the shell starts it.
-PTY_ENTRIES = ("sudo-pty", "ssh-pty")
+PTY_ENTRIES = ("sudo-pty", "sudo-rs-pty", "ssh-pty")
 
 
 def survive_hangup(entry_name: str) -> str:

@@ -12,7 +12,7 @@ import time
 from typing import List
 
 import pytest
-from helpers.entries import ENTRY_NAMES
+from helpers.entries import ISOLATION_ENTRY_NAMES as ENTRY_NAMES
 
 from isolation import hostprocs
 

@@ -7,7 +7,7 @@ import re
 import time
 
 import pytest
-from helpers.entries import ENTRY_NAMES
+from helpers.entries import ISOLATION_ENTRY_NAMES as ENTRY_NAMES
 
 from isolation import hostprocs
 from isolation.targets import rounds
