@@ -17,6 +17,11 @@ NEEDS_PROC_SELF = ("pam_loginuid.so", "pam_systemd.so", "pam_selinux.so", "pam_a
                    "pam_namespace.so", "pam_sepermit.so", "pam_systemd_home.so",
                    "pam_ck_connector.so")
 
+# Services whose sessions PID 1 opens in the very process that then execs the program: the module
+# can only refuse them (csrc/module.c), so a stack of theirs must not reach it.
+CALLER_EXECS: Dict[str, str] = {"systemd-user": "the user manager",
+                                "systemd-run0": "run0's command"}
+
 # PAM services that start user processes in the session they open: each one that does not run
 # the module starts processes that see the host's PID namespace and /proc.
 SESSION_SERVICES: Dict[str, str] = {
@@ -145,6 +150,13 @@ def _stack_findings(tree: PamTree, service: str, stack: List[Entry]) -> List[Fin
     where = str(tree.path(service))
     first = stack[ours[0]]
     found = []
+    if service in CALLER_EXECS:
+        found.append(Finding(True, where, f"reaches pam_unshare.so ({first.where}), which "
+                             f"refuses every non-exempt session of it: PID 1 runs "
+                             f"{CALLER_EXECS[service]} in the process that opened the session, "
+                             f"which no namespace can take in; keep the module out of this "
+                             f"stack (`pam-unshare enable systemd-user` covers the user manager "
+                             f"with a unit drop-in)", "caller", first.file))
     later = [entry for entry in stack[ours[0] + 1:] if not entry.rule.is_ours]
     if later:
         shown = ", ".join(f"{e.module_name} ({e.where})" for e in later[:4])
@@ -219,6 +231,8 @@ def enabled(tree: PamTree) -> List[Enabled]:
     reaches (in its own file, or in an included one)."""
     found = []
     for service in tree.services():
+        if service in CALLER_EXECS:
+            continue  # reaching the module there refuses, never isolates: a problem of check's
         try:
             stack = tree.session_stack(service)
         except StackError:

@@ -118,7 +118,7 @@ def _enable(args: argparse.Namespace) -> int:
     pam_services, user_manager = _split_user_manager(args.services)
     if user_manager:
         # Everything the drop-in's write could refuse is refused before a PAM file changes.
-        usermanager.check_writable(args.unit_dir)
+        usermanager.check_writable(_unit_dir(args))
     if pam_services:
         outcome = services.enable(pam_services, args.option, args.module, args.pam_dir,
                                   args.dry_run)
@@ -128,7 +128,7 @@ def _enable(args: argparse.Namespace) -> int:
             _print_notes([f"{usermanager.SERVICE}: module options do not apply to it (a unit "
                           f"drop-in, not a PAM line)"])
         try:
-            change, note = usermanager.enable(args.unit_dir, args.dry_run)
+            change, note = usermanager.enable(_unit_dir(args), args.dry_run)
         except (Refused, Failed, OSError) as error:
             done = " (the PAM files above are enabled)" if pam_services and not args.dry_run \
                 else ""
@@ -145,7 +145,7 @@ def _disable(args: argparse.Namespace) -> int:
         outcome = services.disable(pam_services, args.pam_dir, args.dry_run)
         _report(outcome, args.dry_run, "disabled", "not enabled")
     if user_manager:
-        change = usermanager.disable(args.unit_dir, args.dry_run)
+        change = usermanager.disable(_unit_dir(args), args.dry_run)
         _report_dropin(change, args.dry_run, "disabled", "not enabled")
     return 0
 
@@ -153,7 +153,8 @@ def _disable(args: argparse.Namespace) -> int:
 def _status(args: argparse.Namespace) -> int:
     if not args.pam_dir.is_dir():
         raise Refused(f"{args.pam_dir}: no such directory")
-    facts = status.collect(args.pam_dir, args.unit_dir)
+    facts = status.collect(args.pam_dir,
+                           args.unit_dir or usermanager.unit_dir_for(args.pam_dir))
     if args.json:
         print(json.dumps(facts, indent=2))
     else:
@@ -244,9 +245,22 @@ def _add_pam_dir(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_unit_dir(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--unit-dir", type=Path, default=usermanager.DEFAULT_UNIT_DIR,
-                        metavar="DIR", help="where systemd-user's unit drop-in goes (default: "
-                        "/etc/systemd/system)")
+    parser.add_argument("--unit-dir", type=Path, default=None, metavar="DIR",
+                        help="where systemd-user's unit drop-in goes (default: "
+                        "/etc/systemd/system, or ROOT/etc/systemd/system for --pam-dir "
+                        "ROOT/etc/pam.d)")
+
+
+def _unit_dir(args: argparse.Namespace) -> Path:
+    """--unit-dir, or the one that goes with --pam-dir; never the host's for a PAM directory
+    that is not a system's etc/pam.d."""
+    if args.unit_dir is not None:
+        return args.unit_dir
+    derived = usermanager.unit_dir_for(args.pam_dir)
+    if derived is None:
+        raise Refused(f"{args.pam_dir} is not an etc/pam.d, so there is no unit directory that "
+                      f"goes with it: pass --unit-dir for {usermanager.SERVICE}; nothing written")
+    return derived
 
 
 def _add_module_commands(commands: argparse._SubParsersAction) -> None:

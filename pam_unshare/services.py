@@ -18,7 +18,7 @@ DEFAULT_PAM_DIR = Path("/etc/pam.d")
 # "auto": the vendor directory that goes with the PAM directory (stacks.vendor_dir_for).
 VendorDir = Path | None | Literal["auto"]
 # What a refusal of ours must keep from breaking: findings of these kinds about a line we add.
-_BLOCKING = ("order", "module", "stack")
+_BLOCKING = ("order", "module", "stack", "caller")
 
 
 @dataclass(frozen=True)

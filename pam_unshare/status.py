@@ -70,7 +70,7 @@ def _enabled(tree: PamTree) -> List[Dict[str, object]]:
     return found
 
 
-def _uncovered(tree: PamTree, unit_dir: Path) -> List[Dict[str, str]]:
+def _uncovered(tree: PamTree, unit_dir: Path | None) -> List[Dict[str, str]]:
     """Each way around the isolation, with the command that closes it. systemd-user is closed by
     a unit drop-in, never by a PAM line (usermanager.py)."""
     found = [{"service": way.service, "what": way.what, "why": way.why,
@@ -92,9 +92,13 @@ def _uncovered(tree: PamTree, unit_dir: Path) -> List[Dict[str, str]]:
     return found
 
 
-def _user_manager_ways(unit_dir: Path) -> List[Dict[str, str]]:
+def _user_manager_ways(unit_dir: Path | None) -> List[Dict[str, str]]:
     what = audit.SESSION_SERVICES[usermanager.SERVICE]
     close = f"pam-unshare enable {usermanager.SERVICE}"
+    if unit_dir is None:
+        return [{"service": usermanager.SERVICE, "what": what,
+                 "why": "no unit directory goes with this PAM directory (--unit-dir)",
+                 "close": close}]
     try:
         installed = usermanager.is_installed(unit_dir)
     except Refused as error:
@@ -112,7 +116,7 @@ def _user_manager_ways(unit_dir: Path) -> List[Dict[str, str]]:
              "why": f"still see every process: {units}", "close": f"systemctl restart {units}"}]
 
 
-def collect(pam_dir: Path, unit_dir: Path = usermanager.DEFAULT_UNIT_DIR) -> Dict[str, object]:
+def collect(pam_dir: Path, unit_dir: Path | None = usermanager.DEFAULT_UNIT_DIR) -> Dict[str, object]:
     tree = PamTree(pam_dir)
     findings = audit.check(tree)
     return {

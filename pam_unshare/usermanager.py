@@ -59,6 +59,15 @@ def unit_exists() -> bool:
     return any(Path(d, UNIT).exists() for d in ("/usr/lib/systemd/system", "/lib/systemd/system"))
 
 
+def unit_dir_for(pam_dir: Path) -> Path | None:
+    """Where the drop-in goes for the PAM directory being configured: /etc/systemd/system for
+    /etc/pam.d, ROOT/etc/systemd/system for ROOT/etc/pam.d (an image's tree); None for any other
+    directory, so that a command run on a copy of a PAM directory never writes the host's units."""
+    if pam_dir.parts[-2:] != ("etc", "pam.d"):
+        return None
+    return pam_dir.parent / DEFAULT_UNIT_DIR.relative_to("/etc")
+
+
 def dropin_path(unit_dir: Path = DEFAULT_UNIT_DIR) -> Path:
     return unit_dir / DROPIN_DIR / DROPIN_NAME
 
@@ -190,8 +199,10 @@ def managers_without_it() -> List[int]:
     """The uids of running user managers whose /proc shows other users' processes. A user can
     name a process of theirs `systemd --user` (even run the real one): that only ever lists
     their own uid, as one to restart."""
+    ours = os.stat("/proc/self/ns/pid").st_ino  # not a container's managers
     open_uids = {p.uid for p in proc.processes()
-                 if len(p.argv) >= 2 and p.argv[1] == "--user" and p.uid != 0
+                 if p.namespace == ours
+                 and len(p.argv) >= 2 and p.argv[1] == "--user" and p.uid != 0
                  and proc.executable(p.pid).endswith("/systemd")
                  and _proc_is_hidden(p.pid) is False}
     return sorted(open_uids)

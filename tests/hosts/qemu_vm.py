@@ -99,6 +99,8 @@ PACKAGES: tuple[str, ...] = (
     "login",
     # libpam-unshare's .deb depends on it, and the VM has no network to fetch it later.
     "usr-is-merged",
+    # And the CLI package's (pam-unshare) one dependency outside python3.
+    "python3-cffi-backend",
 )
 IMAGE_SIZE = "2G"
 HOSTNAME = "pam-unshare-vm"

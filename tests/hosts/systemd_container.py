@@ -47,6 +47,8 @@ PACKAGES: tuple[str, ...] = (
     "dbus-user-session",
     "cron",
     "at",
+    # The CLI package's one dependency outside python3 (test hosts have no network to fetch it).
+    "python3-cffi-backend",
 )
 # What a release has on top of PACKAGES: Debian 13's entry paths (sudo-rs; run0 comes with
 # systemd 257, sshd-session with OpenSSH 10).

@@ -37,6 +37,15 @@ class TierError(RuntimeError):
     pass
 
 
+def packages(deb: Path) -> list[Path]:
+    """The module's package DEB and the CLI's, which build-deb writes next to it: a test host
+    gets both, as an admin would."""
+    cli = deb.with_name(deb.name.replace("libpam-unshare_", "pam-unshare_", 1))
+    if not cli.is_file():
+        raise TierError(f"{cli} is missing: build-deb makes both packages")
+    return [deb, cli]
+
+
 class Tier(Protocol):
     name: str
     scale: float
@@ -128,8 +137,10 @@ class ContainerTier:
                                       self.key.with_suffix(".pub").read_bytes())
             package = ["--no-module"]
             if self.deb is not None:
-                self.container.write_file("/root/libpam-unshare.deb", self.deb.read_bytes())
-                package = ["--deb", "/root/libpam-unshare.deb"]
+                package = []
+                for deb in packages(self.deb):
+                    self.container.write_file(f"/root/{deb.name}", deb.read_bytes())
+                    package += ["--deb", f"/root/{deb.name}"]
             result = self.container.run(["/root/provision-test-host", *package,
                                          "/root/admin.pub"], timeout=300)
             if result.returncode != 0:
@@ -212,11 +223,13 @@ class VmTier:
             self.vm.start()
             self.timings["boot"] = self.vm.boot_seconds or 0.0
             provisioned = time.monotonic()
-            self.vm.copy_in(self.deb, "/root/libpam-unshare.deb")
+            for deb in packages(self.deb):
+                self.vm.copy_in(deb, f"/root/{deb.name}")
             self.vm.copy_in(PROVISION, "/root/provision-test-host")
             self.vm.copy_in(self.key.with_suffix(".pub"), "/root/admin.pub")
+            debs = " ".join(f"--deb /root/{deb.name}" for deb in packages(self.deb))
             result = self.vm.run("chmod 755 /root/provision-test-host && /root/provision-test-host"
-                                 " --deb /root/libpam-unshare.deb /root/admin.pub", timeout=600)
+                                 f" {debs} /root/admin.pub", timeout=600)
             if result.returncode != 0:
                 raise TierError(f"provisioning {self.name} failed (rc {result.returncode}):\n"
                                 f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}")

@@ -4,26 +4,19 @@ interrupted.
 
 On this machine it runs in the suite's PAM sandbox (the pytest process's mount namespace, which
 libpam reads /etc/pam.d from) with --user pu_alice: a throwaway account cannot be made there,
-useradd cannot replace the bind-mounted account files. On the remote hosts it runs as installed
-from this tree (the package and the cffi backend copied over, as the CLI is not packaged yet),
-with its throwaway user.
+useradd cannot replace the bind-mounted account files. On the remote hosts it is the command of
+the pam-unshare package that provisioning installed, with its throwaway user.
 """
 
 from __future__ import annotations
 
-import base64
-import io
 import json
 import pwd
 import shlex
 import sys
-import tarfile
 from pathlib import Path
 from typing import Dict, List
 
-import _cffi_backend
-
-import pam_unshare
 from isolation.targets import REMOTE_HELPERS, LocalTarget, Target
 from pam_unshare import probes
 from pam_unshare.sandbox import free_id
@@ -35,7 +28,6 @@ NATIVE_SPEED_ONLY = ("test_verify_proves_the_isolation_of_every_enabled_service"
                      "test_verify_names_the_channels_of_a_service_without_the_module",
                      "test_verify_names_systemds_process_lists_without_the_dbus_policy",
                      "test_verify_cleans_up_when_interrupted")
-REMOTE_CLI = f"{REMOTE_HELPERS}/cli"
 LOCAL_USER = "pu_verifier"
 PLAIN_SERVICE = "pu-verify-plain"  # a service that opens sessions without the module
 PLAIN_STACK = ("auth required pam_permit.so\naccount required pam_permit.so\n"
@@ -47,28 +39,6 @@ SYSTEMD_CHANNELS = ("systemctl-status", "loginctl", "GetUnitProcesses", "systemd
 _installed: Dict[str, str] = {}
 
 
-def _upload_cli(target: Target) -> None:
-    buffer = io.BytesIO()
-    package = Path(pam_unshare.__file__).parent
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        # Not the built module (lib/): verify runs the host's own, as PAM does.
-        tar.add(str(package), arcname="pam_unshare",
-                filter=lambda info: None if "__pycache__" in info.name
-                or info.name.startswith("pam_unshare/lib") else info)
-        backend = Path(_cffi_backend.__file__)
-        tar.add(str(backend), arcname=backend.name)
-    encoded = base64.b64encode(buffer.getvalue()).decode()
-    staged = f"{REMOTE_HELPERS}/cli.tgz.b64"
-    result = target.host.run(f"rm -rf {REMOTE_CLI} && mkdir -p {REMOTE_CLI} && : > {staged}")
-    assert result.rc == 0, f"{target.name}: {result.stderr}"
-    # In pieces: one argument of a command line holds at most 128 KiB.
-    for start in range(0, len(encoded), 65536):
-        result = target.host.run(f"printf %s {encoded[start:start + 65536]} >> {staged}")
-        assert result.rc == 0, f"{target.name}: copying the CLI failed: {result.stderr}"
-    result = target.host.run(f"base64 -d {staged} | tar -xz -C {REMOTE_CLI} && rm {staged}")
-    assert result.rc == 0, f"{target.name}: unpacking the CLI failed: {result.stderr}"
-
-
 def cli(target: Target) -> str:
     """The pam-unshare command line on TARGET."""
     if target.name not in _installed:
@@ -77,9 +47,10 @@ def cli(target: Target) -> str:
             assert script.exists(), f"the console script is not installed next to {sys.executable}"
             _installed[target.name] = shlex.quote(str(script))
         else:
-            _upload_cli(target)
-            code = "import sys; from pam_unshare.cli import main; sys.exit(main())"
-            _installed[target.name] = f"env PYTHONPATH={REMOTE_CLI} python3 -c {shlex.quote(code)}"
+            # Provisioned from the pam-unshare package, as an admin installs it.
+            found = target.host.run("command -v pam-unshare")
+            assert found.rc == 0, f"{target.name}: no pam-unshare command (the CLI package)"
+            _installed[target.name] = found.stdout.strip()
     return _installed[target.name]
 
 

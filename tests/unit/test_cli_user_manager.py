@@ -137,3 +137,31 @@ def test_status_reports_an_unreadable_dropin_and_goes_on(run, pam_dir, unit_dir,
     assert status == 0, err
     ways = {u["service"]: u for u in json.loads(out)["uncovered"]}
     assert "cannot be read" in ways["systemd-user"]["why"]
+
+
+def test_a_stack_of_systemd_user_that_reaches_the_module_is_refused_and_a_problem(
+        run, tmp_path, module_path) -> None:
+    """A hand-edited systemd-user stack ending in an include: enabling that include would make
+    the module refuse every user manager (PID 1 execs it in the caller). enable refuses it,
+    check reports it, status does not count systemd-user as enabled."""
+    fixtures = Path(__file__).resolve().parent / "fixtures" / "pam.d"
+    etc = tmp_path / "etc" / "pam.d"
+    etc.mkdir(parents=True)
+    for path in fixtures.iterdir():
+        (etc / path.name).write_bytes(path.read_bytes())
+    (etc / "systemd-user").write_text("@include common-account\n"
+                                      "@include common-session-noninteractive\n")
+    before = (etc / "common-session-noninteractive").read_bytes()
+    status, _, err = run("enable", "common-session-noninteractive", "--module", str(module_path),
+                         "--pam-dir", str(etc))
+    assert status == 2, err
+    assert "refuses every non-exempt session" in err
+    assert (etc / "common-session-noninteractive").read_bytes() == before
+    # Put there by hand: check says so and fails.
+    (etc / "common-session-noninteractive").write_text(
+        before.decode() + f"session required {module_path}\n")
+    status, out, err = run("check", "--pam-dir", str(etc))
+    assert status == 1 and "systemd-user" in out + err, out + err
+    assert "refuses every non-exempt session" in out + err
+    facts = json.loads(run("status", "--json", "--pam-dir", str(etc))[1])
+    assert "systemd-user" not in {e["service"] for e in facts["enabled"]}

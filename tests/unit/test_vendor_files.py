@@ -19,6 +19,10 @@ from pam_unshare.stacks import VENDOR_DIR, PamTree, vendor_dir_for
 
 TRIXIE = Path(__file__).resolve().parent / "fixtures" / "trixie"
 VENDOR_ONLY = "systemd-user"  # Debian 13 ships it in /usr/lib/pam.d only (systemd 257)
+# A vendor-only service that takes a PAM line (systemd-user never does: usermanager.py): the root
+# fixture moves trixie's runuser to the vendor directory, as distributions that ship util-linux's
+# PAM files in /usr/lib/pam.d have it.
+VENDOR_PAM = "runuser"
 
 
 @pytest.fixture
@@ -30,6 +34,7 @@ def root(tmp_path: Path) -> Path:
         for path in (TRIXIE / sub).iterdir():
             shutil.copyfile(path, target / path.name)
             os.chmod(target / path.name, 0o644)
+    os.rename(tmp_path / "etc/pam.d" / VENDOR_PAM, tmp_path / "usr/lib/pam.d" / VENDOR_PAM)
     return tmp_path
 
 
@@ -118,32 +123,32 @@ def test_the_coverage_audit_sees_the_vendor_only_service(root):
 def test_enable_creates_the_etc_file_and_disable_removes_it_byte_for_byte(run, root,
                                                                           module_path):
     before = snapshot(root)
-    vendor = (root / "usr/lib/pam.d" / VENDOR_ONLY).read_bytes()
-    code, out, err = run("enable", VENDOR_ONLY)
+    vendor = (root / "usr/lib/pam.d" / VENDOR_PAM).read_bytes()
+    code, out, err = run("enable", VENDOR_PAM)
     assert code == 0, err
-    created = root / "etc/pam.d" / VENDOR_ONLY
-    assert f"enabled {VENDOR_ONLY}: {created} line" in out
+    created = root / "etc/pam.d" / VENDOR_PAM
+    assert f"enabled {VENDOR_PAM}: {created} line" in out
     assert "made from the vendor file" in err
     text = created.read_text()
     assert pamd.without_session_line(text).encode() == vendor
     assert pamd.session_line(str(module_path)) in text.splitlines()
     assert os.stat(created).st_mode & 0o7777 == 0o644
-    record = root / "etc/pam.d" / (VENDOR_ONLY + pamd.VENDOR_SUFFIX)
+    record = root / "etc/pam.d" / (VENDOR_PAM + pamd.VENDOR_SUFFIX)
     assert record.read_bytes() == vendor
-    assert not (root / "etc/pam.d" / (VENDOR_ONLY + pamd.BACKUP_SUFFIX)).exists()
-    assert (root / "usr/lib/pam.d" / VENDOR_ONLY).read_bytes() == vendor
+    assert not (root / "etc/pam.d" / (VENDOR_PAM + pamd.BACKUP_SUFFIX)).exists()
+    assert (root / "usr/lib/pam.d" / VENDOR_PAM).read_bytes() == vendor
 
     code, out, err = run("check")
-    assert code == 0 and VENDOR_ONLY in out, out + err
+    assert code == 0 and VENDOR_PAM in out, out + err
     facts = status.collect(root / "etc/pam.d")
-    assert VENDOR_ONLY in [entry["service"] for entry in facts["enabled"]]
-    assert VENDOR_ONLY not in [entry["service"] for entry in facts["uncovered"]]
+    assert VENDOR_PAM in [entry["service"] for entry in facts["enabled"]]
+    assert VENDOR_PAM not in [entry["service"] for entry in facts["uncovered"]]
 
-    code, out, err = run("enable", VENDOR_ONLY, "-o", "onerr=succeed")
+    code, out, err = run("enable", VENDOR_PAM, "-o", "onerr=succeed")
     assert code == 0, err
     assert record.read_bytes() == vendor
 
-    code, out, err = run("disable", VENDOR_ONLY)
+    code, out, err = run("disable", VENDOR_PAM)
     assert code == 0, err
     assert "PAM reads that file again" in err
     assert snapshot(root) == before
@@ -151,66 +156,66 @@ def test_enable_creates_the_etc_file_and_disable_removes_it_byte_for_byte(run, r
 
 def test_enable_dry_run_writes_nothing(run, root):
     before = snapshot(root)
-    code, out, err = run("enable", VENDOR_ONLY, "--dry-run")
+    code, out, err = run("enable", VENDOR_PAM, "--dry-run")
     assert code == 0, err
     assert "+session required" in out
     assert snapshot(root) == before
 
 
 def test_disable_keeps_the_file_when_the_vendor_file_changed(run, root):
-    assert run("enable", VENDOR_ONLY)[0] == 0
-    old = (root / "usr/lib/pam.d" / VENDOR_ONLY).read_bytes()
+    assert run("enable", VENDOR_PAM)[0] == 0
+    old = (root / "usr/lib/pam.d" / VENDOR_PAM).read_bytes()
     # A package upgrade ships a new vendor file.
-    (root / "usr/lib/pam.d" / VENDOR_ONLY).write_bytes(old + b"# upgraded\n")
-    code, out, err = run("disable", VENDOR_ONLY)
+    (root / "usr/lib/pam.d" / VENDOR_PAM).write_bytes(old + b"# upgraded\n")
+    code, out, err = run("disable", VENDOR_PAM)
     assert code == 0, err
     assert "has changed since enable" in err
-    assert (root / "etc/pam.d" / VENDOR_ONLY).read_bytes() == old
-    assert not (root / "etc/pam.d" / (VENDOR_ONLY + pamd.VENDOR_SUFFIX)).exists()
+    assert (root / "etc/pam.d" / VENDOR_PAM).read_bytes() == old
+    assert not (root / "etc/pam.d" / (VENDOR_PAM + pamd.VENDOR_SUFFIX)).exists()
 
 
 def test_disable_keeps_the_file_when_the_admin_edited_it(run, root):
-    assert run("enable", VENDOR_ONLY)[0] == 0
-    created = root / "etc/pam.d" / VENDOR_ONLY
+    assert run("enable", VENDOR_PAM)[0] == 0
+    created = root / "etc/pam.d" / VENDOR_PAM
     created.write_text("# local change\n" + created.read_text())
-    code, out, err = run("disable", VENDOR_ONLY)
+    code, out, err = run("disable", VENDOR_PAM)
     assert code == 0, err
     assert "has changed since" in err
-    vendor = (root / "usr/lib/pam.d" / VENDOR_ONLY).read_text()
+    vendor = (root / "usr/lib/pam.d" / VENDOR_PAM).read_text()
     assert created.read_text() == "# local change\n" + vendor
 
 
 def test_a_symlinked_vendor_file_is_refused_and_nothing_written(run, root):
-    vendor = root / "usr/lib/pam.d" / VENDOR_ONLY
+    vendor = root / "usr/lib/pam.d" / VENDOR_PAM
     target = root / "elsewhere"
     os.rename(vendor, target)
     vendor.symlink_to(target)
     before = snapshot(root)
-    code, out, err = run("enable", VENDOR_ONLY)
+    code, out, err = run("enable", VENDOR_PAM)
     assert code == 2 and "symbolic link" in err, err
     assert snapshot(root) == before
 
 
 def test_a_symlink_in_etc_over_a_vendor_file_is_refused(run, root):
-    link = root / "etc/pam.d" / VENDOR_ONLY
-    link.symlink_to(root / "usr/lib/pam.d" / VENDOR_ONLY)
+    link = root / "etc/pam.d" / VENDOR_PAM
+    link.symlink_to(root / "usr/lib/pam.d" / VENDOR_PAM)
     before = snapshot(root)
-    code, out, err = run("enable", VENDOR_ONLY)
+    code, out, err = run("enable", VENDOR_PAM)
     assert code == 2 and "symbolic link" in err, err
     assert snapshot(root) == before
 
 
 def test_a_vendor_file_that_does_not_parse_is_refused(run, root):
-    (root / "usr/lib/pam.d" / VENDOR_ONLY).write_text("session maybe pam_permit.so\n")
+    (root / "usr/lib/pam.d" / VENDOR_PAM).write_text("session maybe pam_permit.so\n")
     before = snapshot(root)
-    code, out, err = run("enable", VENDOR_ONLY)
+    code, out, err = run("enable", VENDOR_PAM)
     assert code == 2 and "does not parse" in err, err
     assert snapshot(root) == before
 
 
 def test_enable_is_all_or_nothing_with_vendor_files(run, root):
     before = snapshot(root)
-    code, out, err = run("enable", VENDOR_ONLY, "su", "no-such-service")
+    code, out, err = run("enable", VENDOR_PAM, "su", "no-such-service")
     assert code == 2 and "unknown service no-such-service" in err, err
     assert "usr/lib/pam.d/no-such-service" in err
     assert snapshot(root) == before
@@ -228,32 +233,32 @@ def test_a_failed_write_leaves_neither_the_file_nor_its_record(run, root, monkey
         return real(*args, **kwargs)
 
     monkeypatch.setattr(atomic, "replace_at", fail_second)
-    code, out, err = run("enable", VENDOR_ONLY)
+    code, out, err = run("enable", VENDOR_PAM)
     assert code == 1 and "No space left on device" in err, err
     assert snapshot(root) == before
 
 
 def test_a_vendor_file_with_our_line_is_not_edited(run, root, module_path):
-    vendor = root / "usr/lib/pam.d" / VENDOR_ONLY
+    vendor = root / "usr/lib/pam.d" / VENDOR_PAM
     vendor.write_text(pamd.with_session_line(vendor.read_text(),
                                              pamd.session_line(str(module_path))))
     before = snapshot(root)
-    code, out, err = run("disable", VENDOR_ONLY)
+    code, out, err = run("disable", VENDOR_PAM)
     assert code == 2 and "does not edit" in err, err
     assert snapshot(root) == before
     code, out, err = run("check")
     assert code == 0, out + err
-    assert VENDOR_ONLY in out
+    assert VENDOR_PAM in out
 
 
 def test_a_symlinked_vendor_record_is_refused_on_disable(run, root):
-    assert run("enable", VENDOR_ONLY)[0] == 0
-    record = root / "etc/pam.d" / (VENDOR_ONLY + pamd.VENDOR_SUFFIX)
+    assert run("enable", VENDOR_PAM)[0] == 0
+    record = root / "etc/pam.d" / (VENDOR_PAM + pamd.VENDOR_SUFFIX)
     target = root / "elsewhere"
     os.rename(record, target)
     record.symlink_to(target)
     before = snapshot(root)
-    code, out, err = run("disable", VENDOR_ONLY)
+    code, out, err = run("disable", VENDOR_PAM)
     assert code == 2 and "symbolic link" in err, err
     assert snapshot(root) == before
 
@@ -261,10 +266,10 @@ def test_a_symlinked_vendor_record_is_refused_on_disable(run, root):
 def test_an_etc_file_the_admin_made_is_never_removed(run, root):
     """Without enable's record, a copy identical to the vendor file is the admin's: disable
     takes out our line only."""
-    vendor = (root / "usr/lib/pam.d" / VENDOR_ONLY).read_bytes()
-    (root / "etc/pam.d" / VENDOR_ONLY).write_bytes(vendor)
-    assert run("enable", VENDOR_ONLY)[0] == 0
-    assert not (root / "etc/pam.d" / (VENDOR_ONLY + pamd.VENDOR_SUFFIX)).exists()
-    code, out, err = run("disable", VENDOR_ONLY)
+    vendor = (root / "usr/lib/pam.d" / VENDOR_PAM).read_bytes()
+    (root / "etc/pam.d" / VENDOR_PAM).write_bytes(vendor)
+    assert run("enable", VENDOR_PAM)[0] == 0
+    assert not (root / "etc/pam.d" / (VENDOR_PAM + pamd.VENDOR_SUFFIX)).exists()
+    code, out, err = run("disable", VENDOR_PAM)
     assert code == 0, err
-    assert (root / "etc/pam.d" / VENDOR_ONLY).read_bytes() == vendor
+    assert (root / "etc/pam.d" / VENDOR_PAM).read_bytes() == vendor
