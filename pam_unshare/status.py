@@ -116,7 +116,8 @@ def _user_manager_ways(unit_dir: Path | None) -> List[Dict[str, str]]:
              "why": f"still see every process: {units}", "close": f"systemctl restart {units}"}]
 
 
-def collect(pam_dir: Path, unit_dir: Path | None = usermanager.DEFAULT_UNIT_DIR) -> Dict[str, object]:
+def collect(pam_dir: Path,
+            unit_dir: Path | None = usermanager.DEFAULT_UNIT_DIR) -> Dict[str, object]:
     tree = PamTree(pam_dir)
     findings = audit.check(tree)
     return {
