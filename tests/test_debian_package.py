@@ -38,7 +38,7 @@ from helpers.debian_package import (
     seed_apt,
 )
 from hosts.fixtures import CACHE_ENV, systemd_container_missing, unavailable
-from hosts.systemd_container import DEFAULT_CACHE_DIR, SystemdContainer, build_rootfs
+from hosts.systemd_container import DEFAULT_CACHE_DIR, SUITE, SystemdContainer, build_rootfs
 
 from pam_unshare import pamd
 
@@ -286,7 +286,7 @@ def assert_pam_d_restored(host: PackageHost) -> None:
 
 
 @contextlib.contextmanager
-def booted_package_host(deb: Path, log: Path) -> Iterator[PackageHost]:
+def booted_package_host(deb: Path, log: Path, suite: str = SUITE) -> Iterator[PackageHost]:
     """A systemd container of its own (installing into the shared one would change the stacks
     tests/test_systemd_host.py checks), with the .deb copied in, test users, an ssh key for
     pu_alice and root, sudo without a password for pu_alice, and a long-running process of
@@ -294,7 +294,7 @@ def booted_package_host(deb: Path, log: Path) -> Iterator[PackageHost]:
     reason = systemd_container_missing()
     if reason:
         unavailable(reason)
-    rootfs = build_rootfs(Path(os.environ.get(CACHE_ENV) or DEFAULT_CACHE_DIR))
+    rootfs = build_rootfs(Path(os.environ.get(CACHE_ENV) or DEFAULT_CACHE_DIR), suite=suite)
     with SystemdContainer(rootfs, log_path=log) as ct:
         print(f"\ncontainer {ct.name} booted in {ct.boot_seconds:.1f}s, log {log}",
               file=sys.stderr)
@@ -858,3 +858,25 @@ def test_cli_package_install_use_purge(fresh_host: PackageHost, deb: Path, cli_d
     assert changed_files(fresh_host) == {}
     print(f"\nCLI package steps: { {k: round(v, 1) for k, v in timings.items()} }",
           file=sys.stderr)
+
+
+def test_both_packages_on_debian_13(deb: Path, cli_deb: Path, tmp_path: Path):
+    """The same two .debs (built on Debian 12) on Debian 13: install, enable with the profile,
+    a namespaced login, check, disable, remove, purge; /etc/pam.d ends byte-identical."""
+    with booted_package_host(deb, tmp_path / "nspawn.log", suite="trixie") as host:
+        ct = host.ct
+        ct.write_file(f"/root/{cli_deb.name}", cli_deb.read_bytes(), 0o644)
+        both = f"{DEB_IN_CONTAINER} /root/{cli_deb.name}"
+        sh(ct, f"dpkg -i {both}")
+        assert package_status(ct) == "installed"
+        sh(ct, f"pam-auth-update --enable {PROFILE_NAME}")
+        res = ct.run(["su", "-", ALICE, "-c", PROBE], timeout=60)
+        assert res.returncode == 0, res
+        assert_namespaced_session(res.stdout, "su - on Debian 13")
+        check = ct.run(["pam-unshare", "check"], timeout=60)
+        assert check.returncode == 0, check
+        assert "common-session" in check.stdout, check
+        sh(ct, f"pam-auth-update --disable {PROFILE_NAME}")
+        sh(ct, f"apt-get remove -y {CLI_PACKAGE} {PACKAGE}")
+        sh(ct, f"dpkg -P {CLI_PACKAGE} {PACKAGE}")
+        assert_pam_d_restored(host)
