@@ -512,7 +512,7 @@ def test_the_user_manager_is_a_way_around_without_the_dropin(sidestep_host: PamH
 
 def test_the_dropin_closes_the_user_manager(sidestep_host: PamHost) -> None:
     """With `pam-unshare enable systemd-user`'s drop-in, the user manager and the services it
-    starts (here systemd-run --user's) see only the user's own processes."""
+    starts (systemd-run --user's, a user timer's) see only the user's own processes."""
     ct = sidestep_host.ct
     ct.run(["mkdir", "-p", os.path.dirname(USER_DROPIN)], check=True)
     ct.write_file(USER_DROPIN, usermanager.DROPIN_TEXT.encode(), 0o644)
@@ -527,6 +527,20 @@ def test_the_dropin_closes_the_user_manager(sidestep_host: PamHost) -> None:
     assert users <= {ALICE}, result.stdout
     # What stays (README, Limits): the process exists for kill(2), which refuses it.
     assert "Operation not permitted" in result.stdout, result.stdout
+    # A user timer: its service starts when the manager says so, not from any session. (Made by
+    # root through the manager's bus: systemd-run --user without --pipe cannot reach the
+    # manager from inside a namespaced session, README.) AccuracySec: a timer may otherwise
+    # wait up to a minute.
+    out = f"/tmp/pu-timer-{uid_of(ct, ALICE)}"
+    ct.run(["rm", "-f", out])
+    made = ct.run(["systemd-run", "--user", "-M", f"{ALICE}@.host", "--on-active=1",
+                   "--timer-property=AccuracySec=10ms", "--unit=pu-timer-probe", "sh", "-c",
+                   f"ps -eo user=,args= > {out}.tmp && mv {out}.tmp {out}"], timeout=60)
+    assert made.returncode == 0, made
+    seen = wait_for_files(ct, [out], 60)[out]
+    assert FOREIGN_SECRET not in seen and BOB not in seen, "LEAK on the systemd container " \
+        f"through a user timer via ps: {seen}"
+    assert {row.split()[0] for row in seen.splitlines()} <= {ALICE}, seen
 
 
 def test_a_line_in_systemd_user_is_refused_in_one_clear_line(sidestep_host: PamHost) -> None:
