@@ -10,19 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from pam_unshare import cli, dbuspolicy
+from pam_unshare import dbuspolicy
 
 SHIPPED = Path(__file__).resolve().parents[2] / "packaging" / "debian" / "dbus" / "pam-unshare.conf"
-
-
-@pytest.fixture
-def run(capsys):
-    def invoke(*argv: str):
-        status = cli.main(list(argv))
-        captured = capsys.readouterr()
-        return status, captured.out, captured.err
-
-    return invoke
 
 
 @pytest.fixture
@@ -39,28 +29,28 @@ def test_the_installed_package_carries_the_debian_packages_policy() -> None:
     assert 'send_member="GetUnitProcesses"' in text and 'send_member="GetProcesses"' in text
 
 
-def test_install_writes_the_policy_and_uninstall_removes_it(run, tmp_path, dbus_dir) -> None:
+def test_install_writes_the_policy_and_uninstall_removes_it(cli_run, tmp_path, dbus_dir) -> None:
     modules = tmp_path / "security"
     modules.mkdir()
-    status, out, err = run("install", "--dest", str(modules), "--dbus-dir", str(dbus_dir))
+    status, out, err = cli_run("install", "--dest", str(modules), "--dbus-dir", str(dbus_dir))
     assert status == 0, err
     policy = dbus_dir / dbuspolicy.NAME
     assert policy.read_bytes() == SHIPPED.read_bytes()
     assert oct(policy.stat().st_mode & 0o777) == "0o644"
     assert f"installed: {policy}" in out
-    status, out, err = run("uninstall", "--dest", str(modules), "--dbus-dir", str(dbus_dir),
+    status, out, err = cli_run("uninstall", "--dest", str(modules), "--dbus-dir", str(dbus_dir),
                            "--pam-dir", str(tmp_path))
     assert status == 0, err
     assert not policy.exists() and f"removed {policy}" in out
 
 
-def test_a_policy_directory_others_can_write_is_refused(run, tmp_path, dbus_dir) -> None:
+def test_a_policy_directory_others_can_write_is_refused(cli_run, tmp_path, dbus_dir) -> None:
     """Attack: a world-writable system.d would let anyone swap in a policy of their own."""
     dbus_dir.mkdir()
     os.chmod(dbus_dir, 0o777)
     modules = tmp_path / "security"
     modules.mkdir()
-    status, _, err = run("install", "--dest", str(modules), "--dbus-dir", str(dbus_dir))
+    status, _, err = cli_run("install", "--dest", str(modules), "--dbus-dir", str(dbus_dir))
     assert status == 2, err
     assert "only root can write" in err
     assert not (dbus_dir / dbuspolicy.NAME).exists()
@@ -82,8 +72,8 @@ def test_state_tells_a_policy_the_bus_skips(dbus_dir, text, expected) -> None:
     assert not state.closed
 
 
-def test_status_lists_the_bus_as_a_way_around_while_the_policy_is_missing(run, pam_dir) -> None:
-    facts = json.loads(run("status", "--json", "--pam-dir", str(pam_dir))[1])
+def test_status_lists_the_bus_as_a_way_around_while_the_policy_is_missing(cli_run, pam_dir) -> None:
+    facts = json.loads(cli_run("status", "--json", "--pam-dir", str(pam_dir))[1])
     state = dbuspolicy.state()
     assert facts["dbus_policy"]["state"] == state.state
     listed = "system bus" in {u["service"] for u in facts["uncovered"]}
@@ -91,7 +81,7 @@ def test_status_lists_the_bus_as_a_way_around_while_the_policy_is_missing(run, p
 
 
 def test_install_creates_the_admin_directory_where_only_the_package_one_exists(
-        run, tmp_path) -> None:
+        cli_run, tmp_path) -> None:
     """Hosts with /usr/share/dbus-1 but no /etc/dbus-1 (Arch-like): status would ask for
     install forever if install did nothing there."""
     dbus_dir = tmp_path / "etc" / "dbus-1" / "system.d"
@@ -102,20 +92,20 @@ def test_install_creates_the_admin_directory_where_only_the_package_one_exists(
     try:
         dbuspolicy.PACKAGE_DIR = tmp_path / "share" / "dbus-1" / "system.d"
         dbuspolicy.PACKAGE_DIR.mkdir(parents=True)
-        status, out, err = run("install", "--dest", str(modules), "--dbus-dir", str(dbus_dir))
+        status, out, err = cli_run("install", "--dest", str(modules), "--dbus-dir", str(dbus_dir))
     finally:
         dbuspolicy.PACKAGE_DIR = dbuspolicy_package
     assert status == 0, err
     assert (dbus_dir / dbuspolicy.NAME).read_bytes() == SHIPPED.read_bytes()
 
 
-def test_a_symlinked_policy_directory_is_refused(run, tmp_path, dbus_dir) -> None:
+def test_a_symlinked_policy_directory_is_refused(cli_run, tmp_path, dbus_dir) -> None:
     """Attack: system.d replaced by a symlink to a directory someone else controls."""
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     dbus_dir.symlink_to(elsewhere)
     modules = tmp_path / "security"
     modules.mkdir()
-    status, _, err = run("install", "--dest", str(modules), "--dbus-dir", str(dbus_dir))
+    status, _, err = cli_run("install", "--dest", str(modules), "--dbus-dir", str(dbus_dir))
     assert status == 2, err
     assert list(elsewhere.iterdir()) == []
