@@ -123,6 +123,10 @@ def test_role_enables_every_host(fleet: Fleet):
         assert re.search(rf'^\s*{name}: {{ *"pam_unshare_check": "ok\b', run.output, re.M), \
             run.tail()
         assert f"pam-unshare check on {name}: " in run.output, run.tail()
+        # And verify: every channel closed through every enabled service.
+        assert re.search(r'"pam_unshare_verify": "ok: every channel closed"', run.output), \
+            run.tail()
+        assert f"pam-unshare verify on {name}: every channel closed" in run.output, run.tail()
 
 
 def test_second_run_changes_nothing(fleet: Fleet):
