@@ -37,6 +37,7 @@ from helpers.debian_package import ROOT
 from hosts.tiers import ADMIN_PORT, wait_for_port
 
 from fleet.conftest import BECOME_VARS, Fleet, PlaybookRun
+from pam_unshare import usermanager
 
 SUDO_LINE = "session\trequired\tpam_unshare.so"
 COMMON_LINE = "session\trequired\tpam_unshare.so "  # as pam-auth-update writes it
@@ -48,6 +49,7 @@ BROKEN = "pu-fleet-2"
 NO_SYS_ADMIN = "/etc/systemd/system/pu-admin-sshd.service.d/no-cap-sys-admin.conf"
 CAP_SYS_ADMIN = 21
 ISOLATION_TIMEOUT = 900
+USER_DROPIN = str(usermanager.dropin_path())
 
 
 def pam_lines(fleet: Fleet, name: str, service: str) -> List[str]:
@@ -115,6 +117,8 @@ def test_role_enables_every_host(fleet: Fleet):
         assert "su: PID 1 is pam_unshare" in run.output
         assert_enabled(fleet, name)
         assert_namespaced(fleet, name)
+        # The user manager closed by its drop-in (pam-unshare enable systemd-user).
+        assert fleet.run(name, ["cat", USER_DROPIN]).stdout == usermanager.DROPIN_TEXT
         # Root stays exempt (module default): the admin's own logins see the whole host.
         assert session_view(fleet, name, "su", "root").get(1) == "systemd"
         # The command line came with the module, and its check ran and is in the recap.
@@ -182,8 +186,10 @@ def test_disable_flip_gives_back_pam_d_byte_for_byte(fleet: Fleet):
     run = fleet.playbook("--diff", extra_vars={"pam_unshare_enabled": False})
     assert_all_ok(run, fleet.names)
     for name in fleet.names:
-        assert run.stats(name)["changed"] == 2, (name, run.tail())  # the profile, the sudo line
+        # The profile, the sudo line, the user manager's drop-in.
+        assert run.stats(name)["changed"] == 3, (name, run.tail())
         assert fleet.digest(name) == fleet.pristine[name], name
+        assert fleet.run(name, ["test", "-e", USER_DROPIN]).returncode != 0, name
         assert session_view(fleet, name, "su").get(1) == "systemd"
     # Disabled is a state too: nothing left to do.
     again = fleet.playbook(extra_vars={"pam_unshare_enabled": False})
