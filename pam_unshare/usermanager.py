@@ -117,12 +117,12 @@ def is_installed(unit_dir: Path = DEFAULT_UNIT_DIR) -> bool:
     return read(unit_dir) == DROPIN_TEXT
 
 
-def check_writable(unit_dir: Path = DEFAULT_UNIT_DIR) -> None:
+def check_writable(unit_dir: Path = DEFAULT_UNIT_DIR) -> str | None:
     """Refuses, before anything is written anywhere, what enable would refuse later: a missing
-    or unsafe unit directory, an unsafe drop-in directory or file."""
+    or unsafe unit directory, an unsafe drop-in directory or file. Returns the drop-in's text."""
     if not unit_dir.is_dir():
         raise Refused(f"{unit_dir}: no such directory (is systemd installed?); nothing written")
-    read(unit_dir)
+    return read(unit_dir)
 
 
 def _reload(unit_dir: Path) -> str | None:
@@ -144,8 +144,7 @@ def _reload(unit_dir: Path) -> str | None:
 
 
 def enable(unit_dir: Path = DEFAULT_UNIT_DIR, dry_run: bool = False) -> tuple[DropIn, str | None]:
-    check_writable(unit_dir)
-    change = DropIn(dropin_path(unit_dir), read(unit_dir), DROPIN_TEXT)
+    change = DropIn(dropin_path(unit_dir), check_writable(unit_dir), DROPIN_TEXT)
     if dry_run or not change.changed:
         return change, None
     base = _open(unit_dir)
