@@ -8,8 +8,8 @@ the clone child that becomes the session's PID 1.
 Outcomes:
   OPEN      the session cannot be isolated: onerr=fail refuses it, onerr=succeed runs it
             without a namespace; one error line names the step and the errno text
-  RECOVERS  the module retries or falls back by design (EINTR, clone3 refused with ENOSYS,
-            MFD_EXEC unknown): the session is namespaced and nothing is logged
+  RECOVERS  the module retries or falls back by design (EINTR, MFD_EXEC unknown): the session
+            is namespaced and nothing is logged
   CLOSE     the failure happens at session close: the session ran namespaced, one line says
             what failed at close, and the lifeline still ends the namespace
 """
@@ -70,7 +70,8 @@ class Step:
 
     @property
     def hit(self) -> Tuple[str, ...]:
-        return self.injected or tuple(item.split(":")[0] for item in self.spec.split(","))
+        return self.injected or tuple(item.split(":")[0].split("@")[0]
+                                      for item in self.spec.split(","))
 
 
 USER = ("scope=user",)
@@ -97,10 +98,7 @@ STEPS: List[Step] = [
          "taking a slot of the user's session quota"),
     Step("lifeline-pipe", "pipe2:1:EMFILE", "creating the session lifeline pipe"),
     Step("ready-pipe", "pipe2:2:EMFILE", "creating the session ready pipe"),
-    Step("clone3", "clone3:1:EPERM", "creating the PID and mount namespaces"),
-    Step("clone3-enosys-fallback", "clone3:1:ENOSYS", "", outcome=RECOVERS),
-    Step("clone-fallback", "clone3:1:ENOSYS,clone:1:EPERM",
-         "creating the PID and mount namespaces"),
+    Step("clone", "clone:1:EPERM", "creating the PID and mount namespaces"),
     # ---- the clone child, before it execs the init
     Step("identity", "setresgid:1:EPERM", "setting the session init's uid and gid to 0",
          where="child"),
@@ -111,8 +109,19 @@ STEPS: List[Step] = [
     Step("propagation-mount", "mount:1:EPERM", "setting mount propagation of / in the session",
          where="child"),
     Step("proc-mount", "mount:2:EPERM", "mounting the session's /proc", where="child"),
-    Step("cover-procfs", "fopen:1:EMFILE", "covering the other procfs mounts of the session",
+    # Linux 6.8 and later: listmount and statmount; before, /proc/self/mountinfo (ENOSYS below).
+    Step("cover-procfs-list", "listmount:1:EPERM",
+         "covering the other procfs mounts of the session", where="child"),
+    Step("cover-procfs-stat", "statmount:1:EIO",
+         "covering the other procfs mounts of the session", where="child"),
+    Step("cover-procfs-without-listmount", "listmount:1:ENOSYS", "", outcome=RECOVERS,
          where="child"),
+    Step("cover-procfs", "listmount:1:ENOSYS,open@init:1:EMFILE",
+         "covering the other procfs mounts of the session", errno_name="EMFILE", where="child"),
+    Step("cover-procfs-read", "listmount:1:ENOSYS,read@init:1:EIO",
+         "covering the other procfs mounts of the session", errno_name="EIO", where="child"),
+    Step("cover-procfs-read-eintr", "listmount:1:ENOSYS,read@init:1:EINTR", "",
+         outcome=RECOVERS, where="child"),
     Step("memfd", "memfd_create:1:EMFILE", "creating the memfd for the session init",
          where="child"),
     Step("memfd-no-mfd-exec", "memfd_create:1:EINVAL", "", outcome=RECOVERS, where="child"),
@@ -146,8 +155,8 @@ STEPS: List[Step] = [
     # ---- the caller, waiting and joining
     Step("ready-poll", "poll:1:ENOMEM", "waiting for the session init to start"),
     Step("ready-poll-eintr", "poll:1:EINTR", "", outcome=RECOVERS),
-    Step("ready-read", "read:1:EIO", "reading the session init's ready signal"),
-    Step("ready-read-eintr", "read:1:EINTR", "", outcome=RECOVERS),
+    Step("ready-read", "read@caller:1:EIO", "reading the session init's ready signal"),
+    Step("ready-read-eintr", "read@caller:1:EINTR", "", outcome=RECOVERS),
     Step("setns", "setns:1:EPERM", "joining the session's namespaces (setns)"),
     # ---- session close
     Step("close-kill", "pidfd_send_signal:1:EPERM", "killing the session init (pidfd_send_signal)",

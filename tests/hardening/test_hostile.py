@@ -230,9 +230,9 @@ def test_the_user_exiting_at_once_ends_the_session(pam_sandbox, users, entries):
 CALLER_DEATHS = [
     ("pipe2:1", "before the lifeline exists"),
     ("pipe2:2", "between the two pipes"),
-    ("clone3:1", "before the clone"),
+    ("clone:1", "before the clone"),
     ("poll:1", "waiting for ready (the init-to-be runs)"),
-    ("read:1", "reading ready (the init runs)"),
+    ("read@caller:1", "reading ready (the init runs)"),
     ("setns:1", "before joining"),
     ("chdir@caller:1", "right after joining"),
 ]
