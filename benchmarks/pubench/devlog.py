@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import List
 
-from helpers.devlog import SINK
+from pam_unshare_testsupport.devlog import SINK
 
 from pam_unshare import linux
 

@@ -17,8 +17,8 @@ import time
 from pathlib import Path
 from typing import Dict, List, Sequence, Set, Tuple
 
-from helpers.sshd import Sshd
-from isolation import hostprocs
+from pam_unshare_testsupport import hostprocs
+from pam_unshare_testsupport.sshd import Sshd
 
 from pam_unshare import pamd, paths
 from pam_unshare.sandbox import Sandbox, free_id

@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass
 from typing import Dict, Iterable, List, Set
 
-from isolation import hostprocs
+from pam_unshare_testsupport import hostprocs
 
 PR_SET_CHILD_SUBREAPER = 36
 P_PID = os.P_PID

@@ -18,7 +18,7 @@ import time
 from collections import Counter
 from typing import Dict, Iterable, List, Set
 
-from isolation import hostprocs
+from pam_unshare_testsupport import hostprocs
 
 from pubench import procs
 from pubench.env import USER, BenchEnv

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass
 from typing import Dict, List
 
-from isolation import hostprocs
+from pam_unshare_testsupport import hostprocs
 
 from pubench import procs
 from pubench.env import ENTRIES, BenchEnv

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Sequence, Tuple
 
-from isolation import hostprocs
+from pam_unshare_testsupport import hostprocs
 
 OPEN = "open"
 RECOVERS = "recovers"

@@ -22,8 +22,8 @@ from typing import Iterator, List
 
 import pytest
 from conftest import require_tools
-from helpers.entries import TEST_SERVICE
-from isolation import hostprocs
+from pam_unshare_testsupport import hostprocs
+from pam_unshare_testsupport.entries import TEST_SERVICE
 
 from hardening.conftest import figure
 from hardening.faults import (

@@ -24,10 +24,17 @@ from pathlib import Path
 from typing import Dict, Iterator, List, Protocol
 
 import pam as python_pam
-from helpers.entries import HELPER_FILES, HELPERS, TEST_SERVICE, Entry, make_entries, remote_tools
+from pam_unshare_testsupport import hostprocs
+from pam_unshare_testsupport.entries import (
+    HELPER_FILES,
+    HELPERS,
+    TEST_SERVICE,
+    Entry,
+    make_entries,
+    remote_tools,
+)
 from testinfra.host import Host
 
-from isolation import hostprocs
 from isolation.hostview import HostView
 
 HOSTPROCS = Path(hostprocs.__file__).resolve()

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import List
 
 import pytest
-from helpers.entries import ISOLATION_ENTRY_NAMES as ENTRY_NAMES
+from pam_unshare_testsupport.entries import ISOLATION_ENTRY_NAMES as ENTRY_NAMES
 
 from isolation.targets import Target
 

@@ -12,9 +12,8 @@ import time
 from typing import List
 
 import pytest
-from helpers.entries import ISOLATION_ENTRY_NAMES as ENTRY_NAMES
-
-from isolation import hostprocs
+from pam_unshare_testsupport import hostprocs
+from pam_unshare_testsupport.entries import ISOLATION_ENTRY_NAMES as ENTRY_NAMES
 
 MODES = {"linger": (), "kill": ("on_logout=kill",)}
 NOHUP_SLEEP = ("sleep", "300")

@@ -7,9 +7,9 @@ import re
 import time
 
 import pytest
-from helpers.entries import ISOLATION_ENTRY_NAMES as ENTRY_NAMES
+from pam_unshare_testsupport import hostprocs
+from pam_unshare_testsupport.entries import ISOLATION_ENTRY_NAMES as ENTRY_NAMES
 
-from isolation import hostprocs
 from isolation.targets import rounds
 
 ORPHANS = 200

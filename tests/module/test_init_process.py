@@ -11,8 +11,8 @@ import time
 from typing import Iterator, NamedTuple, Set
 
 import pytest
-from helpers.entries import ENTRY_NAMES, Entry
-from isolation import hostprocs
+from pam_unshare_testsupport import hostprocs
+from pam_unshare_testsupport.entries import ENTRY_NAMES, Entry
 
 
 class BlockedSession(NamedTuple):

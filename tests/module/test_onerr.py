@@ -17,8 +17,8 @@ from typing import Callable, Dict, Iterator, List, Tuple
 
 import pytest
 from conftest import PamSandbox, require_tools
-from helpers.entries import ENTRY_NAMES, Entry
-from helpers.sshd import Sshd
+from pam_unshare_testsupport.entries import ENTRY_NAMES, Entry
+from pam_unshare_testsupport.sshd import Sshd
 from testinfra.backend.base import CommandResult
 from testinfra.host import Host
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Iterator, List
 
 import pytest
-from isolation import hostprocs
+from pam_unshare_testsupport import hostprocs
 
 STATE_DIR = "/run/pam_unshare"
 NS = re.compile(r"pid:\[(\d+)\]")
