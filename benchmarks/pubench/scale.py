@@ -20,9 +20,10 @@ from typing import Dict, Iterable, List, Set
 
 from pam_unshare_testsupport import hostprocs
 
+from pam_unshare.proc import INIT_COMM
 from pubench import procs
 from pubench.env import USER, BenchEnv
-from pubench.latency import INIT_COMM, PROBE
+from pubench.latency import PROBE
 
 SLEEP = ["sleep", "86400"]
 KERNEL_FIELDS = ("Slab", "KernelStack", "PageTables")

@@ -16,8 +16,10 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Tuple, TypeVar
 
-from pam_unshare_testsupport.hostprocs import INIT_COMM, HostProcess
+from pam_unshare_testsupport.hostprocs import HostProcess
 from testinfra.host import Host
+
+from pam_unshare.proc import INIT_COMM
 
 T = TypeVar("T")
 

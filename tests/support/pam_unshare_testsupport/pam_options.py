@@ -1,54 +1,40 @@
 """Sets the options of every pam_unshare line in /etc/pam.d on a test host, and puts the files
-back. Run there as root by the isolation suite (isolation/targets.py), in one call each way.
+back. Run there as root by the isolation suite (isolation/targets.py), in one call each way,
+next to a copy of the package's pamd (the one writer of PAM files) and what it imports.
 
 usage: pam_options.py set [OPTION ...] | restore
 """
 
 from __future__ import annotations
 
-import os
-import re
 import shutil
 import sys
 from pathlib import Path
 
+from pam_unshare import pamd
+
 PAM_D = Path("/etc/pam.d")
 BACKUP = Path("/run/pam-unshare-tests/pam.d")
-# The module's line: type, control (a word or [value=action ...]), module path; then arguments.
-MODULE_LINE = re.compile(r"^(\s*-?session\s+(?:\[[^\]]*\]|\S+)\s+\S*pam_unshare\.so)\b.*$",
-                         re.MULTILINE)
-
-
-def with_options(text: str, options: list[str]) -> str:
-    suffix = "".join(f" {option}" for option in options)
-    return MODULE_LINE.sub(lambda match: match.group(1) + suffix, text)
-
-
-def replace(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.pu-tmp")
-    temporary.write_text(text)
-    shutil.copymode(path, temporary)
-    os.replace(temporary, path)
 
 
 def set_options(options: list[str]) -> None:
     BACKUP.mkdir(parents=True, exist_ok=True)
     for path in sorted(PAM_D.iterdir()):
         saved = BACKUP / path.name
-        original = saved.read_text() if saved.exists() else None
+        original = pamd.read(saved) if saved.exists() else None
         if original is None:
-            if not path.is_file() or "pam_unshare.so" not in path.read_text():
+            if not path.is_file() or pamd.MODULE_TOKEN not in pamd.read(path):
                 continue
-            original = path.read_text()
+            original = pamd.read(path)
             shutil.copy2(path, saved)
-        replace(path, with_options(original, options))
+        pamd.write(path, pamd.with_arguments(original, options), backup=False)
 
 
 def restore() -> None:
     if not BACKUP.exists():
         return
     for saved in sorted(BACKUP.iterdir()):
-        replace(PAM_D / saved.name, saved.read_text())
+        pamd.write(PAM_D / saved.name, pamd.read(saved), backup=False)
         saved.unlink()
 
 
