@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List
 
-from pam_unshare import elf, linux, paths, trust
+from pam_unshare import elf, forked, linux, paths, trust
 
 # The module every PAM installation has; the directory that holds it is where PAM resolves a
 # module given by name only.
@@ -232,22 +232,10 @@ def probe_unshare() -> str:
     """Creates, in a throwaway child, the PID and mount namespaces a session gets."""
     if os.geteuid() != 0:
         return "not tried: needs root"
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            os.close(read_end)
-            code = _probe_child(write_end)
-        finally:
-            os._exit(code)
-    os.close(write_end)
-    with os.fdopen(read_end, "rb") as reader:
-        reason = reader.read().decode(errors="replace")
-    _, status = os.waitpid(pid, 0)
-    if os.waitstatus_to_exitcode(status) == 0:
+    reason, code = forked.run(_probe_child)
+    if code == 0:
         return "works"
-    return f"fails: {reason or 'unknown reason'}"
+    return f"fails: {reason.decode(errors='replace') or 'unknown reason'}"
 
 
 def kernel_support() -> KernelSupport:
