@@ -22,7 +22,7 @@ def module_facts() -> Dict[str, object]:
     except FileNotFoundError:
         built_path = None
     built_sha = system.sha256(built_path) if built_path else None
-    directory = system.module_dir()
+    directory = paths.module_dir()
     installed: Dict[str, object] | None = None
     if directory is not None:
         target = directory / paths.MODULE_NAME
