@@ -132,8 +132,8 @@ def test_enable_creates_the_etc_file_and_disable_removes_it_byte_for_byte(run, r
     code, out, err = run("check")
     assert code == 0 and VENDOR_PAM in out, out + err
     facts = status.collect(root / "etc/pam.d")
-    assert VENDOR_PAM in [entry["service"] for entry in facts["enabled"]]
-    assert VENDOR_PAM not in [entry["service"] for entry in facts["uncovered"]]
+    assert VENDOR_PAM in [entry.service for entry in facts.enabled]
+    assert VENDOR_PAM not in [entry.service for entry in facts.uncovered]
 
     code, out, err = run("enable", VENDOR_PAM, "-o", "onerr=succeed")
     assert code == 0, err
