@@ -9,7 +9,7 @@ import fcntl
 import os
 import time
 from dataclasses import dataclass
-from typing import Dict, List, Tuple
+from typing import Callable, Dict, List, Tuple, TypeVar
 
 from pam_unshare import linux
 
@@ -17,6 +17,7 @@ from pam_unshare import linux
 INIT_COMM = "pam_unshare"
 INIT_ARGV0 = "pam_unshare-init"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -138,14 +139,23 @@ def status_fields(pid: int) -> Dict[str, str]:
     return dict(line.split(":\t", 1) for line in text.splitlines() if ":\t" in line)
 
 
-def processes() -> List[Process]:
+def processes(read: Callable[[int], T | None] = read_process) -> List[T]:
+    """Every process READ (by default read_process) returns, skipping those gone meanwhile."""
     found = []
     for name in os.listdir("/proc"):
         if name.isdigit():
-            process = read_process(int(name))
+            process = read(int(name))
             if process is not None:
                 found.append(process)
     return found
+
+
+def environ(pid: int) -> List[bytes]:
+    """PID's environment as NAME=VALUE strings, [] once it is gone or unreadable."""
+    try:
+        return read_bytes(f"/proc/{pid}/environ").split(b"\0")
+    except OSError:
+        return []
 
 
 def boot_time() -> float:

@@ -21,7 +21,7 @@ from pam_unshare_testsupport import hostprocs
 from pam_unshare_testsupport.devlog import DIE_WITH_PARENT, SyslogCapture
 from pam_unshare_testsupport.sshd import Sshd
 
-from pam_unshare import pamd, paths
+from pam_unshare import pamd, paths, proc
 from pam_unshare.sandbox import Sandbox, free_id
 from pubench import procs
 
@@ -139,11 +139,7 @@ class BenchEnv:
                 if seen is not None and process.start <= seen:
                     found.append(process)
                     continue
-            try:
-                with open(f"/proc/{process.pid}/environ", "rb") as handle:
-                    environment = handle.read().split(b"\0")
-            except OSError:
-                continue
+            environment = proc.environ(process.pid)
             if any(needle in environment for needle in needles):
                 found.append(process)
         return found

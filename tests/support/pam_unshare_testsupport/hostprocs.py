@@ -75,13 +75,7 @@ def read_process(pid: int) -> HostProcess | None:
 
 
 def processes() -> List[HostProcess]:
-    found = []
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            process = read_process(int(name))
-            if process is not None:
-                found.append(process)
-    return found
+    return proc.processes(read_process)
 
 
 def refresh(process: HostProcess) -> HostProcess | None:
@@ -147,14 +141,7 @@ def tagged(tag: str) -> List[HostProcess]:
     needle = f"{TAG_VARIABLE}={tag}".encode()
     found = []
     for process in processes():
-        if process.exited:
-            continue
-        try:
-            with open(f"/proc/{process.pid}/environ", "rb") as handle:
-                environment = handle.read().split(b"\0")
-        except OSError:
-            continue
-        if needle in environment:
+        if not process.exited and needle in proc.environ(process.pid):
             found.append(process)
     return found
 
@@ -240,12 +227,7 @@ def wait_until_none(probe: Callable[[], List[T]], timeout: float = 30.0,
 
 def environment_tags(pid: int) -> List[str]:
     prefix = f"{TAG_VARIABLE}=".encode()
-    try:
-        with open(f"/proc/{pid}/environ", "rb") as handle:
-            variables = handle.read().split(b"\0")
-    except OSError:
-        return []
-    return [variable[len(prefix):].decode(errors="replace") for variable in variables
+    return [variable[len(prefix):].decode(errors="replace") for variable in proc.environ(pid)
             if variable.startswith(prefix)]
 
 
