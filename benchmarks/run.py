@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """pam-unshare benchmarks: one command prints a table and writes JSON and a chart.
 
-usage (as root, with the package installed: python3 -m pip install .):
+usage (as root, with the package and the tests' support installed:
+       python3 -m pip install '.[bench]' && python3 -m pip install -e tests/support):
     python3 benchmarks/run.py            default run (about 5 minutes on 2 CPUs)
     python3 benchmarks/run.py --quick    smoke run (under a minute)
     python3 benchmarks/run.py --full     10,000-run failure loop, more rounds (about 15 minutes)
@@ -37,14 +38,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
-import pubench  # noqa: F401 - puts tests/ on sys.path for the helpers below
 from pubench import latency, procfs, procs, report, scale, session
 from pubench.env import BenchEnv, host_pam_mentions_module
 
 import pam_unshare
 
 PARTS = ("latency", "failures", "session", "logout", "scale", "procfs")
-DEFAULT_OUT = Path(__file__).resolve().parent / "results"
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_OUT = REPO / "benchmarks" / "results"
 
 
 @dataclass(frozen=True)
@@ -101,7 +102,7 @@ def machine_info(module: str, installed: str) -> Dict[str, Any]:
         "module_copy": module,
         "module_sha256": module_sha,
         "package_version": pam_unshare.__version__,
-        "git_commit": _first_line(["git", "-C", str(pubench.REPO), "rev-parse", "HEAD"]),
+        "git_commit": _first_line(["git", "-C", str(REPO), "rev-parse", "HEAD"]),
         "loadavg_start": " ".join(f"{value:.2f}" for value in os.getloadavg()),
         "foreign_session_inits": procs.machine_counts()["session_inits"],
     }

@@ -18,11 +18,12 @@ import time
 from collections import Counter
 from typing import Dict, Iterable, List, Set
 
-from isolation import hostprocs
+from pam_unshare_testsupport import hostprocs
 
+from pam_unshare.proc import INIT_COMM
 from pubench import procs
 from pubench.env import USER, BenchEnv
-from pubench.latency import INIT_COMM, PROBE
+from pubench.latency import PROBE
 
 SLEEP = ["sleep", "86400"]
 KERNEL_FIELDS = ("Slab", "KernelStack", "PageTables")

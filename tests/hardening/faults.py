@@ -26,7 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, List, Sequence, Tuple
 
-from isolation import hostprocs
+from pam_unshare_testsupport import hostprocs
+
+from pam_unshare import proc
 
 OPEN = "open"
 RECOVERS = "recovers"
@@ -287,11 +289,8 @@ def inits_in_output(output: str) -> List[SessionInit]:
 
 
 def parent_of(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return int(handle.read().rsplit(")", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):
-        return None
+    stat = proc.read_stat(pid)
+    return stat.ppid if stat is not None else None
 
 
 def leftovers(inits: Sequence[SessionInit], strict: bool = False) -> List[str]:

@@ -25,6 +25,7 @@ from hardening.attacker import (
     sudo_rule,
     wait_for,
 )
+from pam_unshare import proc
 
 PID1_COMM = "cat /proc/1/comm"
 
@@ -204,7 +205,8 @@ def test_the_calling_user_cannot_signal_the_session_init(pam_sandbox, users, cal
             assert held.stdout.readline().strip() == "READY", held.stderr
             init = wait_for(lambda: init_of_user(bob), what="bob's session")
             attempt = run_as(alice, f"kill -STOP {init.pid}; echo rc=$?")
-            state = Path(f"/proc/{init.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            stat = proc.read_stat(init.pid)
+            state = stat.state if stat is not None else "gone"
             assert "rc=1" in attempt.stdout and state != "T", (
                 f"{users.alice} stopped the init of the session she opened through {caller}: "
                 f"{attempt.stdout!r} {attempt.stderr!r}, state {state}")

@@ -22,8 +22,9 @@ from typing import Iterator, List
 
 import pytest
 from conftest import require_tools
-from helpers.entries import TEST_SERVICE
-from isolation import hostprocs
+from pam_unshare_testsupport import hostprocs
+from pam_unshare_testsupport.devlog import module_lines, severity
+from pam_unshare_testsupport.entries import TEST_SERVICE
 
 from hardening.conftest import figure
 from hardening.faults import (
@@ -50,21 +51,10 @@ CALLERS = ["su", "sudo", "sshd"]
 PAM_LOOP = str(Path(__file__).resolve().parent / "pam_loop.py")
 ONERR = ["fail", "succeed"]
 LOG_ERR = 3
-SYSLOG_LINE = re.compile(r"^<(\d+)>")
 # Killed by a signal, or by timeout(1): a crash or a hang of the caller.
 CRASH_OR_HANG = {124, 125, 126, 137} | set(range(128, 160))
 
 injected_total: List[str] = []
-
-
-def module_lines(lines: List[str]) -> List[str]:
-    return [line for line in lines if "pam_unshare(" in line]
-
-
-def severity(line: str) -> int:
-    match = SYSLOG_LINE.match(line)
-    assert match, f"not a syslog datagram: {line!r}"
-    return int(match.group(1)) % 8
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -23,7 +23,7 @@ from typing import Iterator, List
 
 import pytest
 from conftest import require_tools
-from isolation import hostprocs
+from pam_unshare_testsupport import hostprocs
 
 from hardening.conftest import FULL, figure
 from hardening.faults import (
