@@ -16,19 +16,21 @@ Outcomes:
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
 import shlex
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Sequence, Tuple
 
 from pam_unshare_testsupport import hostprocs
 
-from pam_unshare import proc
+from pam_unshare import linux, proc
 
 OPEN = "open"
 RECOVERS = "recovers"
@@ -40,6 +42,7 @@ PR_SET_SECUREBITS = 28
 PR_SET_NO_NEW_PRIVS = 38
 PR_CAP_AMBIENT = 47
 F_DUPFD_CLOEXEC = 1030
+MS_NOSUID, MS_NODEV, MS_NOEXEC = 0x2, 0x4, 0x8
 F_ADD_SEALS = 1033
 F_OFD_SETLK = 37
 RLIMIT_NOFILE = 7
@@ -60,6 +63,9 @@ class Step:
     options: Tuple[str, ...] = ()
     # scope=user joins: an existing namespace of the user must be there to join.
     needs_namespace: bool = False
+    # A procfs mounted outside /proc (other_procfs_mounted): the module covers it, walking its
+    # path, so the caller is not suspended during the child's work and waits with a timeout.
+    other_procfs: bool = False
     user_known: bool = True  # False: the line says "(unknown)" for the user
     where: str = "caller"  # "caller" or "child" (the clone child, before it execs the init)
     # Each name must show up as an "inject" line in the shim's log: proof that the fault hit.
@@ -152,8 +158,16 @@ STEPS: List[Step] = [
     Step("init-dies-before-ready", f"prctl={PR_SET_NO_NEW_PRIVS}:1:KILL",
          "starting the session init (it exited before it was ready)", errno_name="ECHILD",
          where="child"),
+    # A hang is possible only where the child walks paths (procfs mounts to cover); elsewhere the
+    # caller is suspended during the child's work (CLONE_VFORK) and nothing there can block.
     Step("init-hangs-before-ready", f"prctl={PR_SET_NO_NEW_PRIVS}:1:HANG",
-         "waiting for the session init to start", errno_name="ETIMEDOUT", where="child"),
+         "waiting for the session init to start", errno_name="ETIMEDOUT", where="child",
+         other_procfs=True),
+    Step("cover-procfs-pin", "open@init:1:EACCES",
+         "covering the other procfs mounts of the session", where="child", other_procfs=True),
+    Step("cover-procfs-pin-hangs", "open@init:1:HANG",
+         "waiting for the session init to start", errno_name="ETIMEDOUT", where="child",
+         other_procfs=True),
     # ---- the caller, waiting and joining
     Step("ready-poll", "poll:1:ENOMEM", "waiting for the session init to start"),
     Step("ready-poll-eintr", "poll:1:EINTR", "", outcome=RECOVERS),
@@ -342,6 +356,24 @@ def init_pid_known(process: hostprocs.HostProcess, inits: Sequence[SessionInit])
 
 def wait_no_leftovers(inits: Sequence[SessionInit], timeout: float = 10.0) -> List[str]:
     return hostprocs.wait_until_none(lambda: leftovers(inits), timeout=timeout)
+
+
+@contextlib.contextmanager
+def other_procfs_mounted(active: bool) -> Iterator[None]:
+    """A procfs mounted outside /proc in the callers' mount namespace (the test's private
+    sandbox), while the block runs, when ACTIVE."""
+    if not active:
+        yield
+        return
+    point = tempfile.mkdtemp(prefix="pu-other-procfs-")
+    try:
+        linux.mount("proc", point, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+        try:
+            yield
+        finally:
+            subprocess.run(["umount", point], check=True)
+    finally:
+        os.rmdir(point)
 
 
 def mount_table() -> List[str]:

@@ -41,6 +41,7 @@ from hardening.faults import (
     inits_of,
     leftovers,
     mount_table,
+    other_procfs_mounted,
     run,
     session_probe,
     wait_for_lines,
@@ -93,7 +94,8 @@ def test_an_injected_failure_has_the_documented_outcome(pam_sandbox, users, faul
     tag = hostprocs.new_tag()
     holder: List[SessionInit] = []
     try:
-        with pam_sandbox.options(*step.options, f"onerr={onerr}"):
+        with pam_sandbox.options(*step.options, f"onerr={onerr}"), \
+                other_procfs_mounted(step.other_procfs):
             if step.needs_namespace:
                 holder.append(start_user_namespace(user, tag))
             fault_dir.arm(step.spec)
@@ -244,7 +246,8 @@ def test_no_descriptor_is_left_in_the_caller_on_any_failure_path(pam_sandbox, us
     after close, the process holds exactly the descriptors it held before pam_open_session."""
     step = BY_ID[step_id]
     for onerr in ONERR:
-        with pam_sandbox.options(*step.options, f"onerr={onerr}"):
+        with pam_sandbox.options(*step.options, f"onerr={onerr}"), \
+                other_procfs_mounted(step.other_procfs):
             fault_dir.arm(step.spec)
             result = subprocess.run(
                 [sys.executable, PAM_LOOP, TEST_SERVICE, users.alice, "1", INIT_PROBE],
