@@ -171,6 +171,14 @@ static int fail(struct pu_failure *why, const char *step, int err)
     return -1;
 }
 
+/* The same for what the user caused (see pu_failure.refuse_always): refused whatever onerr says. */
+static int refuse(struct pu_failure *why, const char *step, int err)
+{
+    *why = pu_failure_of(step, err);
+    why->refuse_always = 1;
+    return -1;
+}
+
 static void close_if_open(int *fd)
 {
     if (*fd >= 0) {
@@ -751,9 +759,9 @@ static void discard_init(int pidfd)
         waitid((idtype_t)P_PIDFD, (id_t)pidfd, &info, WEXITED | WNOHANG | __WALL);
 }
 
-/* 0: the init runs; 1: the child asks for a start unsuspended (child_needs_timeout); -1: failed,
- * *WHY says why. */
-static int await_ready(int ready_fd, struct pu_failure *why)
+/* 0: the init runs; 1: the SUSPENDED child asks for a start unsuspended (child_needs_timeout);
+ * -1: failed, *WHY says why. */
+static int await_ready(int ready_fd, int suspended, struct pu_failure *why)
 {
     struct child_report report;
     ssize_t got;
@@ -765,7 +773,7 @@ static int await_ready(int ready_fd, struct pu_failure *why)
     } while (got < 0 && errno == EINTR);
     if (got == 1 && ((const char *)&report)[0] == PU_INIT_READY)
         return 0;
-    if (got == (ssize_t)sizeof report && report.step == CHILD_NEEDS_TIMEOUT)
+    if (got == (ssize_t)sizeof report && report.step == CHILD_NEEDS_TIMEOUT && suspended)
         return 1;
     if (got == (ssize_t)sizeof report && report.step >= 0 && report.step < STEP_COUNT)
         return fail(why, CHILD_STEP_NAMES[report.step], report.err);
@@ -884,7 +892,7 @@ static int try_start(const struct pu_options *opts, const char *listen_path, int
     close_if_open(&lifeline_read);
     close_if_open(&ready_write);
 
-    rc = await_ready(ready_read, why);
+    rc = await_ready(ready_read, suspended, why);
     if (rc != 0) {
         discard_init(pidfd);
         return rc;
@@ -921,8 +929,6 @@ static int start_namespace(const struct pu_options *opts, const char *listen_pat
 
     if (rc == 1)
         rc = try_start(opts, listen_path, slot, 0, session, why);
-    if (rc == 1)
-        return fail(why, "starting the session init (it asked twice for a timeout)", EPROTO);
     return rc;
 }
 
@@ -973,18 +979,13 @@ static int check_user_limits(struct pu_failure *why)
     rlim_t init_size = (rlim_t)(pu_init_blob_end - pu_init_blob);
 
     if (getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur < MIN_CALLER_FDS) {
-        *why = pu_failure_of("checking the caller's RLIMIT_NOFILE (the user's limit)", EMFILE);
-        why->refuse_always = 1;
-        return -1;
+        return refuse(why, "checking the caller's RLIMIT_NOFILE (the user's limit)", EMFILE);
     }
     if (getrlimit(RLIMIT_FSIZE, &fsize) == 0 && fsize.rlim_max < init_size) {
         /* The child raises it when it may: probe whether it may, and put it back. */
         struct rlimit raised = {fsize.rlim_cur, RLIM_INFINITY};
-        if (setrlimit(RLIMIT_FSIZE, &raised) < 0) {
-            *why = pu_failure_of("checking the caller's RLIMIT_FSIZE (the user's limit)", EFBIG);
-            why->refuse_always = 1;
-            return -1;
-        }
+        if (setrlimit(RLIMIT_FSIZE, &raised) < 0)
+            return refuse(why, "checking the caller's RLIMIT_FSIZE (the user's limit)", EFBIG);
         setrlimit(RLIMIT_FSIZE, &fsize);
     }
     return 0;
@@ -1033,9 +1034,7 @@ static int take_quota_slot(int dir, uid_t uid, int max, struct pu_failure *why)
     }
     /* The user's own doing, like their rlimits: onerr=succeed must not turn it into a session
      * without a namespace. */
-    fail(why, "counting the user's sessions (max_sessions reached)", EUSERS);
-    why->refuse_always = 1;
-    return -1;
+    return refuse(why, "counting the user's sessions (max_sessions reached)", EUSERS);
 }
 
 /* scope=session: a quota slot (max_sessions), then a namespace of its own. */
@@ -1117,11 +1116,8 @@ static int join_user_namespace(const char *socket_path, struct pu_session *sessi
      * other error is a failure: taken for "none", it would start a second namespace. */
     if (got < 0 && errno != ECONNRESET)
         return fail(why, "reading the answer of the user's namespace", errno);
-    if (got == 1 && answer == PU_INIT_FULL) {
-        fail(why, "joining the user's namespace (max_sessions reached)", EUSERS);
-        why->refuse_always = 1;
-        return -1;
-    }
+    if (got == 1 && answer == PU_INIT_FULL)
+        return refuse(why, "joining the user's namespace (max_sessions reached)", EUSERS);
     if (got != 1 || answer != PU_INIT_JOINED)
         return 0;
     errno = 0;

@@ -413,35 +413,41 @@ SELECTORS = {"prctl=24": "prctl(PR_CAPBSET_DROP)", "prctl=28": "prctl(PR_SET_SEC
              "fcntl=37": "fcntl(F_OFD_SETLK)", "setrlimit=7": "setrlimit(RLIMIT_NOFILE)"}
 
 
+ORDINALS = {"1": "", "2": "2nd ", "3": "3rd "}
+
+
 def describe(spec: str) -> str:
-    """"prctl=38:1:EPERM" -> "1st prctl(PR_SET_NO_NEW_PRIVS) -> EPERM"."""
+    """"prctl=38:1:EPERM" -> "prctl(PR_SET_NO_NEW_PRIVS) -> EPERM"; "mount:2:EPERM" ->
+    "2nd mount -> EPERM"."""
     parts = []
     for item in spec.split(","):
         name, nth, action = item.rsplit(":", 2)
-        name = SELECTORS.get(name, name)
-        action = {"KILL": "the process dies", "HANG": "hangs 60 s"}.get(action, action)
-        parts.append(f"{name} #{nth} -> {action}")
+        name = SELECTORS.get(name.split("@")[0], name.split("@")[0])
+        action = {"KILL": "killed", "HANG": "hangs 60 s"}.get(action, action)
+        parts.append(f"{ORDINALS.get(nth, nth + 'th ')}{name} -> {action}")
     return ", then ".join(parts)
 
 
 def markdown_table() -> str:
     """The README's fault table: every step, its outcome under onerr=fail and onerr=succeed
     (the same under su, sudo and sshd: tests/hardening checks each)."""
-    rows = ["| injected fault | in | options | one log line (LOG_ERR) | onerr=fail "
-            "| onerr=succeed |", "| --- | --- | --- | --- | --- | --- |"]
+    rows = ["| step | call failed | in | options | logged step: errno text | onerr=fail | "
+            "onerr=succeed |", "| --- | --- | --- | --- | --- | --- | --- |"]
     for step in STEPS:
-        options = " ".join(step.options) + (" (joining)" if step.needs_namespace else "")
+        options = ", ".join([*(f"`{option}`" for option in step.options),
+                             *(["joining"] if step.needs_namespace else []),
+                             *(["other procfs"] if step.other_procfs else [])])
         if step.outcome == OPEN:
-            logged = f"{step.step} failed ...: {step.errno_text}"
-            fail, succeed = "refused", "runs without namespace"
+            logged = f"{step.step}: {step.errno_text}"
+            fail, succeed = "refused", "runs, no namespace"
         elif step.outcome == RECOVERS:
-            logged = "none (retried, or clone() fallback)"
+            logged = "none"
             fail = succeed = "namespaced"
         else:
-            logged = f"{step.step} failed at session close: {step.errno_text}"
-            fail = succeed = "ran namespaced; namespace still ends"
-        rows.append(f"| {describe(step.spec)} | {step.where} | {options} | {logged} | {fail} | "
-                    f"{succeed} |")
+            logged = f"at close: {step.step}: {step.errno_text}"
+            fail = succeed = "namespaced; still ends"
+        rows.append(f"| `{step.id}` | {describe(step.spec)} | {step.where} | {options} | "
+                    f"{logged} | {fail} | {succeed} |")
     return "\n".join(rows)
 
 

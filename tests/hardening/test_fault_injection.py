@@ -40,6 +40,7 @@ from hardening.faults import (
     inits_in_output,
     inits_of,
     leftovers,
+    markdown_table,
     mount_table,
     other_procfs_mounted,
     run,
@@ -208,13 +209,14 @@ def test_every_logged_step_has_a_fault():
     text = "".join((CSRC / name).read_text() for name in ("namespace.c", "module.c", "exempt.c"))
     text = text.replace('" STATE_DIR "', "/run/pam_unshare")
     text = text.replace('" STATE_DIR', '/run/pam_unshare"')
-    logged = set(re.findall(r'fail\(why, "([^"]+)"', text))
+    logged = set(re.findall(r'(?:fail|refuse)\(why, "([^"]+)"', text))
     logged |= set(re.findall(r'\[STEP_[A-Z_]+\] = "([^"]+)"', text))
     logged |= set(re.findall(r'\(struct pu_failure\)\{"([^"]+)"', text))
     logged |= set(re.findall(r'pu_failure_of\("([^"]+)"', text))
     assert len(logged) > 30, logged
     covered = {step.step for step in STEPS}
     assert sorted(logged - covered - POLICY_REFUSALS) == []
+    assert sorted(POLICY_REFUSALS - logged) == [], "a policy refusal the C no longer logs"
 
 
 # Not faults but the module's answer to what a user did; each is performed by an attack test.
@@ -292,3 +294,11 @@ def test_a_transient_error_while_joining_does_not_split_the_users_namespace(
     refused = result.returncode != 0 and len(lines) == 1
     assert refused or joined == [holder], (result, lines)
     assert inits_in_output(after.stdout) == [holder], "the user's namespace was split"
+
+
+def test_the_readme_shows_the_fault_table_of_the_code():
+    """The README's table is this module's table, not a copy kept by hand: regenerate it with
+    `cd tests && python3 -m hardening.faults`. The count in the text above it too."""
+    readme = (CSRC.parent / "README.md").read_text(encoding="utf-8")
+    assert markdown_table() in readme
+    assert f"`STEPS` in `tests/hardening/faults.py` lists {len(STEPS)}\n" in readme
