@@ -804,15 +804,27 @@ static long clone_init(struct child_start *start, char *stack, size_t stack_size
     const int flags = CLONE_NEWPID | CLONE_NEWNS | CLONE_PIDFD |
                       (start->suspended ? CLONE_VM | CLONE_VFORK : 0);
     sigset_t all, saved;
+    uid_t real, effective, saved_uid;
+    int borrowed_real_uid = 0;
     long pid;
     int err;
 
+    /* su and sudo run setuid from the user's shell, so the caller's real uid is the user's, and
+     * a child born with it can be killed or stopped by that user until it takes uid 0: killed,
+     * the session falls to onerr (with onerr=succeed, no namespace). The child is born root's:
+     * the calling thread alone (the raw system call, not glibc's process-wide setresuid) holds
+     * real uid 0 across the clone. */
+    if (getresuid(&real, &effective, &saved_uid) == 0 && real != 0 && effective == 0)
+        borrowed_real_uid = syscall(SYS_setresuid, 0, -1, -1) == 0;
     sigfillset(&all);
     pthread_sigmask(SIG_SETMASK, &all, &saved);
     /* Exit signal 0 (the low byte of FLAGS); CLONE_PIDFD stores the pidfd through parent_tid. */
     pid = clone(child_main, stack + stack_size, flags, start, pidfd, NULL, NULL);
     err = errno;
     pthread_sigmask(SIG_SETMASK, &saved, NULL);
+    /* Cannot fail: the effective uid is 0. */
+    if (borrowed_real_uid)
+        syscall(SYS_setresuid, real, -1, -1);
     errno = err;
     return pid;
 }

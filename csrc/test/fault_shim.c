@@ -111,6 +111,7 @@ REAL(int, prctl, int, unsigned long, unsigned long, unsigned long, unsigned long
 REAL(int, fcntl, int, int, long)
 REAL(ssize_t, write, int, const void *, size_t)
 REAL(ssize_t, read, int, void *, size_t)
+REAL(ssize_t, __read_chk, int, void *, size_t, size_t)
 REAL(int, poll, struct pollfd *, nfds_t, int)
 REAL(int, chdir, const char *)
 REAL(int, dup3, int, int, int)
@@ -502,6 +503,13 @@ ssize_t read(int fd, void *buf, size_t count)
 {
     FAIL_WITH("read", 0, -1);
     return get_read()(fd, buf, count);
+}
+
+/* read() into a buffer of known size, under _FORTIFY_SOURCE: the same call to the test. */
+ssize_t __read_chk(int fd, void *buf, size_t count, size_t size)
+{
+    FAIL_WITH("read", 0, -1);
+    return get___read_chk()(fd, buf, count, size);
 }
 
 int poll(struct pollfd *fds, nfds_t nfds, int timeout)

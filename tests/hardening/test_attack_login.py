@@ -5,6 +5,7 @@ real uid on the session init, and long NSS entries. Each runs through real su or
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import signal
@@ -249,3 +250,26 @@ def test_a_long_passwd_entry_is_namespaced_not_refused(pam_sandbox, long_entry_u
     assert result.stdout.strip() == "pam_unshare", (
         f"{options}: {result.stdout!r} {result.stderr!r} "
         f"{module_errors(pam_sandbox, mark)}")
+
+
+# ---- the init-to-be, before it takes uid 0 -------------------------------------------------------
+
+KILLER = Path(__file__).resolve().parent / "kill_init_to_be.py"
+
+
+def test_the_user_cannot_kill_the_init_to_be_into_a_session_without_namespace(pam_sandbox,
+                                                                               users):
+    """su runs setuid from the user's shell, so its real uid is the user's, and a child born
+    with it may be signalled by the user until it takes uid 0. Killed there, the init-to-be
+    is a failure that onerr=succeed turns into a session without a namespace: the user's choice
+    deciding isolation. Here the user kills every process just above su's, login after login,
+    with the CPUs kept busy so that the child waits to run; the child must be out of reach."""
+    uid = pam_sandbox.uids[users.alice]
+    with pam_sandbox.options("onerr=succeed"), su_for_users(pam_sandbox):
+        result = run_as(uid, f"python3 -P {shlex.quote(str(KILLER))} "
+                             f"60 {users.alice} {proc.INIT_COMM}", timeout=600)
+    assert result.returncode == 0, result.stderr
+    tally = json.loads(result.stdout.splitlines()[-1])
+    assert tally["hits"] > 0, f"the attack never reached a process: {tally}"
+    assert tally["outside"] == 0, f"sessions ran without a namespace: {tally}"
+    assert tally["namespaced"] > 0, tally
