@@ -262,12 +262,12 @@ def test_the_user_cannot_kill_the_init_to_be_into_a_session_without_namespace(pa
     """su runs setuid from the user's shell, so its real uid is the user's, and a child born
     with it may be signalled by the user until it takes uid 0. Killed there, the init-to-be
     is a failure that onerr=succeed turns into a session without a namespace: the user's choice
-    deciding isolation. Here the user kills every process just above su's, login after login,
+    deciding isolation. Here the user kills every process just above su's, in 150 logins,
     with the CPUs kept busy so that the child waits to run; the child must be out of reach."""
     uid = pam_sandbox.uids[users.alice]
     with pam_sandbox.options("onerr=succeed"), su_for_users(pam_sandbox):
         result = run_as(uid, f"python3 -P {shlex.quote(str(KILLER))} "
-                             f"60 {users.alice} {proc.INIT_COMM}", timeout=600)
+                             f"150 {users.alice} {proc.INIT_COMM}", timeout=600)
     assert result.returncode == 0, result.stderr
     tally = json.loads(result.stdout.splitlines()[-1])
     assert tally["hits"] > 0, f"the attack never reached a process: {tally}"
