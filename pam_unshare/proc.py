@@ -13,9 +13,13 @@ from typing import Callable, Dict, List, Tuple, TypeVar
 
 from pam_unshare import linux
 
-# What the session init calls itself (csrc/init/protocol.h): comm, and argv[0].
+# The session init's side of csrc/init/protocol.h (tests/unit/test_protocol.py holds them equal):
+# its comm, argv[0], and the words of argv[1] (logout mode) and argv[2] (scope=user).
 INIT_COMM = "pam_unshare"
 INIT_ARGV0 = "pam_unshare-init"
+INIT_LINGER = "linger"
+INIT_KILL = "kill"
+INIT_USER = "user"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 T = TypeVar("T")
 
