@@ -95,7 +95,7 @@ _Static_assert(PU_MAX_SESSIONS_LIMIT <= PU_INIT_MAX_JOINED,
 /* The longest start of a mountinfo line the child reads whole: ID to type, with two paths of
  * PATH_MAX escaped four bytes to one. */
 #define MOUNTINFO_LINE_MAX (40 * 1024)
-/* The clone child's stack, in the caller's frame: the mountinfo buffer and a few frames. */
+/* The clone child's stack: the mountinfo buffer and a few frames. */
 #define CHILD_STACK_SIZE (96 * 1024)
 
 /* scope=user: where a user's namespace can be found. Root-only, and in /run so that a reboot
@@ -863,6 +863,66 @@ static void init_session(struct pu_session *session, const struct pu_options *op
     session->kill_on_close = opts->on_logout == PU_ON_LOGOUT_KILL && opts->scope == PU_SCOPE_SESSION;
 }
 
+/* The clone child's stack. Mapped for each login and unmapped once the child is done with it:
+ * only the few pages the child touches are ever allocated, and the caller (su lives as long as
+ * the session) keeps none of them; a guard page below catches an overflow, which would otherwise
+ * write into the caller's memory. Under AddressSanitizer the stack is an array in the caller's
+ * frame instead: ASan knows that one, and a noreturn call on a stack it does not know (the
+ * child's _exit) makes it print a warning and drop its checks. */
+struct child_stack {
+    char *base;
+    size_t size;
+#if defined(__SANITIZE_ADDRESS__)
+    char frame[CHILD_STACK_SIZE] __attribute__((aligned(16)));
+#endif
+};
+
+static int child_stack_map(struct child_stack *stack)
+{
+#if defined(__SANITIZE_ADDRESS__)
+    stack->base = stack->frame;
+    stack->size = sizeof stack->frame;
+    return 0;
+#else
+    long page = sysconf(_SC_PAGESIZE);
+    size_t total = CHILD_STACK_SIZE + (size_t)page;
+    char *mapped = mmap(NULL, total, PROT_READ | PROT_WRITE,
+                        MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK | MAP_NORESERVE, -1, 0);
+
+    if (mapped == MAP_FAILED)
+        return -1;
+    if (mprotect(mapped, (size_t)page, PROT_NONE) < 0) {
+        int err = errno;
+        munmap(mapped, total);
+        errno = err;
+        return -1;
+    }
+    stack->base = mapped + page;
+    stack->size = CHILD_STACK_SIZE;
+    return 0;
+#endif
+}
+
+static void child_stack_unmap(struct child_stack *stack)
+{
+#if !defined(__SANITIZE_ADDRESS__)
+    if (stack->base != NULL) {
+        long page = sysconf(_SC_PAGESIZE);
+        munmap(stack->base - page, stack->size + (size_t)page);
+    }
+#endif
+    stack->base = NULL;
+}
+
+/* Whether the caller's address space or data size is limited (rlimits the user may have set). */
+static int user_limits_memory(void)
+{
+    struct rlimit as, data;
+
+    return (getrlimit(RLIMIT_AS, &as) == 0 && as.rlim_cur != RLIM_INFINITY) ||
+           (getrlimit(RLIMIT_DATA, &data) == 0 && data.rlim_cur != RLIM_INFINITY);
+}
+
 /* One try of start_namespace, with the caller suspended during the child's work or not (see
  * clone_init). 0: started and joined; 1: the child asks for a try unsuspended; -1: failed. */
 static int try_start(const struct pu_options *opts, const char *listen_path, int slot,
@@ -872,8 +932,7 @@ static int try_start(const struct pu_options *opts, const char *listen_path, int
     autoclose int pidfd = -1;
     int fds[2], rc;
     long pid, started, cloned, ready;
-    /* Aligned for the ABI's stack; the child runs on it until it execs (see clone_init). */
-    char child_stack[CHILD_STACK_SIZE] __attribute__((aligned(16)));
+    struct child_stack stack;
     struct child_start start;
 
     if (pipe2(fds, O_CLOEXEC) < 0)
@@ -897,10 +956,22 @@ static int try_start(const struct pu_options *opts, const char *listen_path, int
      * atomic setns(), so a failure anywhere before leaves it untouched. exit_signal 0 keeps the
      * init out of callers' SIGCHLD handlers and waitpid(-1) loops. */
     started = monotonic_us();
-    pid = clone_init(&start, child_stack, sizeof child_stack, &pidfd);
-    if (pid < 0)
+    if (child_stack_map(&stack) < 0) {
+        /* The caller's RLIMIT_AS and RLIMIT_DATA are the user's (ulimit -v, -d before su): a
+         * limit that leaves no room for the stack must not hand the session to onerr. */
+        if (errno == ENOMEM && user_limits_memory())
+            return refuse(why, "mapping the stack of the clone child (the user's limits)",
+                          ENOMEM);
+        return fail(why, "mapping the stack of the clone child", errno);
+    }
+    pid = clone_init(&start, stack.base, stack.size, &pidfd);
+    if (pid < 0) {
+        child_stack_unmap(&stack);
         return fail(why, "creating the PID and mount namespaces", errno);
+    }
     cloned = monotonic_us();
+    /* Suspended, the child has exec'd or died by now; otherwise it runs on a copy. */
+    child_stack_unmap(&stack);
     close_if_open(&lifeline_read);
     close_if_open(&ready_write);
 

@@ -44,6 +44,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
@@ -104,6 +105,8 @@ static void *find_real(const char *name)
 REAL(long, syscall, long, long, long, long, long, long, long)
 REAL(int, clone, int (*)(void *), void *, int, void *, ...)
 REAL(int, mount, const char *, const char *, const char *, unsigned long, const void *)
+REAL(void *, mmap, void *, size_t, int, int, int, off_t)
+REAL(int, mprotect, void *, size_t, int)
 REAL(int, pipe2, int *, int)
 REAL(int, memfd_create, const char *, unsigned int)
 REAL(int, setns, int, int)
@@ -450,6 +453,18 @@ int mount(const char *source, const char *target, const char *type, unsigned lon
 {
     FAIL_WITH("mount", 0, -1);
     return get_mount()(source, target, type, flags, data);
+}
+
+void *mmap(void *address, size_t length, int protection, int flags, int fd, off_t offset)
+{
+    FAIL_WITH("mmap", 0, MAP_FAILED);
+    return get_mmap()(address, length, protection, flags, fd, offset);
+}
+
+int mprotect(void *address, size_t length, int protection)
+{
+    FAIL_WITH("mprotect", 0, -1);
+    return get_mprotect()(address, length, protection);
 }
 
 int pipe2(int fds[2], int flags)

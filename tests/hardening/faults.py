@@ -106,6 +106,8 @@ STEPS: List[Step] = [
          "taking a slot of the user's session quota"),
     Step("lifeline-pipe", "pipe2:1:EMFILE", "creating the session lifeline pipe"),
     Step("ready-pipe", "pipe2:2:EMFILE", "creating the session ready pipe"),
+    Step("stack-map", "mmap:1:ENOMEM", "mapping the stack of the clone child"),
+    Step("stack-guard", "mprotect:1:EACCES", "mapping the stack of the clone child"),
     Step("clone", "clone:1:EPERM", "creating the PID and mount namespaces"),
     # ---- the clone child, before it execs the init
     Step("identity", "setresgid:1:EPERM", "setting the session init's uid and gid to 0",

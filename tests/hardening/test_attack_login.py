@@ -74,6 +74,38 @@ def test_limits_that_leave_room_are_namespaced_here(pam_sandbox, users):
     assert result.stdout.strip() == "pam_unshare", result.stderr
 
 
+def _login_under_address_space_limit(uid: int, user: str, kib: int) -> str:
+    result = run_as(uid, f"ulimit -v {kib}; su {user} -c {shlex.quote(PID1_COMM)}")
+    comm = result.stdout.strip()
+    if result.returncode != 0 or not comm:
+        return "failed"
+    return "namespaced" if comm == proc.INIT_COMM else "outside"
+
+
+def test_a_users_address_space_limit_does_not_leave_the_session_un_namespaced(pam_sandbox,
+                                                                              users):
+    """`ulimit -v` before su is the user's: between the limit where su cannot start at all and
+    the one where the session is namespaced, the module's own mapping (the clone child's stack)
+    fails. There the session must be refused, whatever onerr says, never run outside."""
+    uid = pam_sandbox.uids[users.alice]
+    mark = pam_sandbox.syslog.mark()
+    with pam_sandbox.options("onerr=succeed"), su_for_users(pam_sandbox):
+        low, high = 1024, 1 << 21  # KiB: su cannot run / surely enough
+        assert _login_under_address_space_limit(uid, users.alice, high) == "namespaced"
+        while high - low > 4:
+            middle = (low + high) // 2
+            if _login_under_address_space_limit(uid, users.alice, middle) == "namespaced":
+                high = middle
+            else:
+                low = middle
+        outcomes = {kib: _login_under_address_space_limit(uid, users.alice, kib)
+                    for kib in range(high - 1024, high + 64, 8)}
+    refusals = [line for line in module_errors(pam_sandbox, mark)
+                if "mapping the stack of the clone child (the user's limits)" in line]
+    assert [kib for kib, outcome in outcomes.items() if outcome == "outside"] == [], outcomes
+    assert refusals, f"no limit in the sweep hit the module's mapping (threshold {high} KiB)"
+
+
 # ---- item 3: the working directory race --------------------------------------------------------
 
 RENAME_EXCHANGE = 2

@@ -227,6 +227,9 @@ POLICY_REFUSALS = {
         "test_attack_login.py::test_a_users_rlimit_does_not_leave_the_session_un_namespaced",
     "looking up a group named in only_groups (no such group)":
         "test_attack_login.py::test_an_unknown_only_group_refuses_the_session_under_onerr_fail",
+    "mapping the stack of the clone child (the user's limits)":
+        "test_attack_login.py::test_a_users_address_space_limit_does_not_leave_the_session_"
+        "un_namespaced",
     "counting the user's sessions (max_sessions reached)":
         "test_attack_init.py::test_max_sessions_bounds_one_users_sessions",
     "joining the user's namespace (max_sessions reached)":
