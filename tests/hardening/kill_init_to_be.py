@@ -1,5 +1,5 @@
 """Run as an ordinary user: logs in through su ATTEMPTS times and, during each login, sends
-SIGKILL to every process just above su's PID (the clone child that becomes the session's PID 1
+SIGKILL to every child of that su just above su's PID (the clone child that becomes the session's PID 1
 is born there, with the user's real uid inherited from setuid su, until it takes uid 0). Two
 CPU-bound loops of the user's keep the machine busy, so that the new child waits to run. Prints
 one JSON line: how many logins ended namespaced, refused, or with the command run outside a
@@ -16,6 +16,14 @@ import sys
 SPAN = 48  # PIDs above su's that are tried
 
 
+def parent_of(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            return int(stat.read().rsplit(b")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
 def main() -> None:
     attempts, user, init_comm = int(sys.argv[1]), sys.argv[2], sys.argv[3]
     busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
@@ -29,6 +37,9 @@ def main() -> None:
             targets = [pid for pid in range(login.pid + 1, login.pid + SPAN) if pid not in mine]
             while login.poll() is None:
                 for pid in targets:
+                    # Only children of this su: other processes of the user's stay untouched.
+                    if parent_of(pid) != login.pid:
+                        continue
                     try:
                         os.kill(pid, signal.SIGKILL)
                         tally["hits"] += 1
