@@ -176,7 +176,7 @@ def markdown(results: Results) -> str:
                  f"{machine.get('loadavg_end', '?')} at end; other sessions' PID 1s running at "
                  f"start: {machine['foreign_session_inits']}.")
     lines.append("")
-    if "targets" in results:
+    if results.get("targets"):
         lines += ["| target | measured | status |", "| --- | --- | --- |"]
         lines += [f"| {t['target']} | {t['figure']} | {t['status']} |"
                   for t in results["targets"]]
