@@ -96,8 +96,10 @@ def measure(env: BenchEnv, plan: Plan, seed: int, progress: Callable[[str], None
         blocks.run_block(env, env.entry_argv("su", "true"), plan.debug_logins, blocks.Samples())
         debug_lines = env.syslog.lines(debug_mark) if env.syslog else []
     finally:
-        session.close_held(env, held)
-    removed = _remove_new_records(env.uid, records_before)
+        try:
+            session.close_held(env, held)
+        finally:
+            removed = _remove_new_records(env.uid, records_before)
     joins = [t for t in timing.parse_all(debug_lines) if t.kind == "joined"]
     medians = {mode: statistics.median(s.ms) for mode, s in samples.items() if s.ms}
     lines = env.syslog.lines(mark) if env.syslog else []
