@@ -1,9 +1,9 @@
 """Run as an ordinary user: logs in through su ATTEMPTS times and, during each login, sends
-SIGKILL to every child of that su just above su's PID (the clone child that becomes the session's PID 1
-is born there, with the user's real uid inherited from setuid su, until it takes uid 0). Two
-CPU-bound loops of the user's keep the machine busy, so that the new child waits to run. Prints
-one JSON line: how many logins ended namespaced, refused, or with the command run outside a
-namespace (the module's init-to-be killed and onerr=succeed taking over)."""
+SIGKILL to every child of that su just above su's PID (the clone child that becomes the
+session's PID 1 is born there, with the user's real uid inherited from setuid su, until it takes
+uid 0). Two CPU-bound loops of the user's keep the machine busy, so that the new child waits to
+run. Prints one JSON line: how many logins ended namespaced, refused, or with the command run
+outside a namespace (the module's init-to-be killed and onerr=succeed taking over)."""
 
 from __future__ import annotations
 
