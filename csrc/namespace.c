@@ -40,6 +40,12 @@
 #ifndef SYS_listmount
 #define SYS_listmount 458
 #endif
+/* The 32-bit uid call where the architecture has both (i386, arm): the plain one takes 16 bits. */
+#ifdef SYS_setresuid32
+#define PU_SYS_SETRESUID SYS_setresuid32
+#else
+#define PU_SYS_SETRESUID SYS_setresuid
+#endif
 #ifndef STATX_MNT_ID_UNIQUE
 #define STATX_MNT_ID_UNIQUE 0x4000U
 #endif
@@ -815,7 +821,7 @@ static long clone_init(struct child_start *start, char *stack, size_t stack_size
      * the calling thread alone (the raw system call, not glibc's process-wide setresuid) holds
      * real uid 0 across the clone. */
     if (getresuid(&real, &effective, &saved_uid) == 0 && real != 0 && effective == 0)
-        borrowed_real_uid = syscall(SYS_setresuid, 0, -1, -1) == 0;
+        borrowed_real_uid = syscall(PU_SYS_SETRESUID, 0, -1, -1) == 0;
     sigfillset(&all);
     pthread_sigmask(SIG_SETMASK, &all, &saved);
     /* Exit signal 0 (the low byte of FLAGS); CLONE_PIDFD stores the pidfd through parent_tid. */
@@ -824,7 +830,7 @@ static long clone_init(struct child_start *start, char *stack, size_t stack_size
     pthread_sigmask(SIG_SETMASK, &saved, NULL);
     /* Cannot fail: the effective uid is 0. */
     if (borrowed_real_uid)
-        syscall(SYS_setresuid, real, -1, -1);
+        syscall(PU_SYS_SETRESUID, real, -1, -1);
     errno = err;
     return pid;
 }
@@ -1235,7 +1241,8 @@ static int join_user_namespace(const char *socket_path, struct pu_session *sessi
 static int join_or_start(const struct pu_options *opts, int dir, uid_t uid,
                          struct pu_session *session, struct pu_failure *why)
 {
-    char socket_name[64], socket_path[128];
+    /* No longer than a socket address holds (108 bytes): then nothing is cut when it is bound. */
+    char socket_name[64], socket_path[sizeof(((struct sockaddr_un *)0)->sun_path)];
     int rc;
 
     snprintf(socket_name, sizeof socket_name, "user-%u.sock", (unsigned)uid);
