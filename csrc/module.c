@@ -40,7 +40,7 @@ static int session_failed(pam_handle_t *pamh, const struct pu_options *opts, con
     errno = why->err;
     if (why->refuse_always) {
         pam_syslog(pamh, LOG_ERR,
-                   "%s failed for user %s: %m; refusing the session (the user's own limits: "
+                   "%s failed for user %s: %m; refusing the session (a user can cause this: "
                    "onerr does not apply)",
                    why->step, user ? user : "(unknown)");
         return PAM_SYSTEM_ERR;

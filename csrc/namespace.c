@@ -127,6 +127,7 @@ enum child_step {
     STEP_PROPAGATION,
     STEP_MOUNT_PROC,
     STEP_COVER_PROCFS,
+    STEP_PROCFS_HIDDEN,
     STEP_MEMFD,
     STEP_WRITE_INIT,
     STEP_SEAL_INIT,
@@ -149,6 +150,7 @@ static const char *const CHILD_STEP_NAMES[STEP_COUNT] = {
     [STEP_PROPAGATION] = "setting mount propagation of / in the session",
     [STEP_MOUNT_PROC] = "mounting the session's /proc",
     [STEP_COVER_PROCFS] = "covering the other procfs mounts of the session",
+    [STEP_PROCFS_HIDDEN] = "covering a procfs mount hidden under another mount",
     [STEP_MEMFD] = "creating the memfd for the session init",
     [STEP_WRITE_INIT] = "writing the session init",
     [STEP_SEAL_INIT] = "sealing the session init",
@@ -358,24 +360,36 @@ struct procfs_pins {
     int count;
     int may_walk; /* 0: the caller is suspended; only say whether there is one (found) */
     int found;
+    int hidden; /* a listed procfs that its path does not lead to: see pin_into */
 };
 
 /* Pins the procfs mount with ID, reached through POINT, by an O_PATH descriptor. The path was
  * read a moment ago and a user may own a directory on it: the descriptor counts only if its mount
- * ID is ID. The descriptor, -2 when the mount is gone or the path leads elsewhere now (nothing to
- * cover), -1 with errno on failure. */
+ * ID is ID. The descriptor, or -1 with errno; EXDEV: the path leads to another mount. */
 static int pin_procfs_mount(uint64_t id, unsigned int id_kind, const char *point)
 {
     struct statx where;
     autoclose int fd = open(point, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
 
     if (fd < 0)
-        return errno == ENOENT || errno == ENOTDIR || errno == ELOOP ? -2 : -1;
+        return -1;
     if (statx(fd, "", AT_EMPTY_PATH, id_kind, &where) < 0)
         return -1;
-    if (!(where.stx_mask & id_kind) || where.stx_mnt_id != id)
-        return -2;
+    if (!(where.stx_mask & id_kind) || where.stx_mnt_id != id) {
+        errno = EXDEV;
+        return -1;
+    }
     return steal_fd(&fd);
+}
+
+/* Whether the mount with unique ID is still in the session's table (statmount, Linux 6.8). */
+static int mount_listed(uint64_t id)
+{
+    struct pu_mnt_id_req which = {.size = sizeof which, .mnt_id = id,
+                                  .param = PU_STATMOUNT_SB_BASIC};
+    struct pu_statmount info;
+
+    return syscall(SYS_statmount, &which, &info, sizeof info, 0) == 0 || errno != ENOENT;
 }
 
 /* Pins the procfs at POINT with mount ID of kind ID_KIND into PINS (see pin_procfs_mount): 0, or
@@ -389,11 +403,18 @@ static int pin_into(struct procfs_pins *pins, uint64_t id, unsigned int id_kind,
     if (!pins->may_walk)
         return 0;
     fd = pin_procfs_mount(id, id_kind, point);
-
-    if (fd == -2)
-        return 0;
-    if (fd < 0)
+    if (fd < 0) {
+        /* Gone since it was listed: nothing to cover. Only statmount can tell (mountinfo has no
+         * lookup by ID): there, a procfs out of reach is taken for hidden. */
+        if (id_kind == STATX_MNT_ID_UNIQUE && !mount_listed(id))
+            return 0;
+        /* Still there, yet the path does not lead to it: something is mounted over it (a user's
+         * FUSE mount on a directory above it), or the walk was refused or failed. Left as it is,
+         * the user unmounts the cover inside the session and reads the host's processes; a
+         * stalled walk is the caller's timeout (see start_namespace). */
+        pins->hidden = 1;
         return -1;
+    }
     if (pins->count == MAX_OTHER_PROCFS) {
         close(fd);
         errno = E2BIG;
@@ -401,6 +422,12 @@ static int pin_into(struct procfs_pins *pins, uint64_t id, unsigned int id_kind,
     }
     pins->fds[pins->count++] = fd;
     return 0;
+}
+
+/* A procfs could not be pinned: hidden (see pin_into), or another failure. */
+__attribute__((noreturn)) static void procfs_failed(int ready_fd, const struct procfs_pins *pins)
+{
+    child_failed(ready_fd, pins->hidden ? STEP_PROCFS_HIDDEN : STEP_COVER_PROCFS);
 }
 
 /* One mountinfo line (NUL-terminated, possibly only its start: see cover_other_procfs): pinned
@@ -438,7 +465,7 @@ static void find_procfs_in_mountinfo(int ready_fd, struct procfs_pins *pins)
             size_t length = newline ? (size_t)(newline - line) : end - start;
             line[length] = '\0';
             if (!skipping && consider_mount(line, pins) < 0)
-                child_failed(ready_fd, STEP_COVER_PROCFS);
+                procfs_failed(ready_fd, pins);
             skipping = 0;
             start += newline ? length + 1 : length;
             continue;
@@ -448,12 +475,12 @@ static void find_procfs_in_mountinfo(int ready_fd, struct procfs_pins *pins)
         if (start == 0 && end == MOUNTINFO_LINE_MAX) {
             /* A line longer than the buffer: judged by its start, the rest of it skipped. */
             buffer[end] = '\0';
-            if (!skipping && (strstr(buffer, " - ") == NULL ||
-                              consider_mount(buffer, pins) < 0)) {
-                if (errno != E2BIG)
-                    errno = ENAMETOOLONG;
+            if (!skipping && strstr(buffer, " - ") == NULL) {
+                errno = ENAMETOOLONG;
                 child_failed(ready_fd, STEP_COVER_PROCFS);
             }
+            if (!skipping && consider_mount(buffer, pins) < 0)
+                procfs_failed(ready_fd, pins);
             skipping = 1;
             end = 0;
         } else if (start > 0) {
@@ -516,8 +543,9 @@ static int find_procfs_by_listmount(int ready_fd, struct procfs_pins *pins)
             }
             if (under_proc(mount.info.str + mount.info.mnt_point))
                 continue;
-            if (pin_into(pins, ids[i], STATX_MNT_ID_UNIQUE, mount.info.str + mount.info.mnt_point) < 0)
-                child_failed(ready_fd, STEP_COVER_PROCFS);
+            if (pin_into(pins, ids[i], STATX_MNT_ID_UNIQUE,
+                         mount.info.str + mount.info.mnt_point) < 0)
+                procfs_failed(ready_fd, pins);
         }
         if (count < BATCH)
             return 0;
@@ -772,8 +800,13 @@ static int await_ready(int ready_fd, int suspended, struct pu_failure *why)
     struct child_report report;
     ssize_t got;
 
-    if (wait_readable(ready_fd, READY_TIMEOUT_MS) < 0)
+    if (wait_readable(ready_fd, READY_TIMEOUT_MS) < 0) {
+        /* Unsuspended, the child was walking to procfs mounts to cover: a walk a user can stall
+         * (their FUSE daemon stopped), so no more onerr's to decide than a hidden procfs is. */
+        if (errno == ETIMEDOUT && !suspended)
+            return refuse(why, "waiting for the session init to start", errno);
         return fail(why, "waiting for the session init to start", errno);
+    }
     do {
         got = read(ready_fd, &report, sizeof report);
     } while (got < 0 && errno == EINTR);
@@ -781,6 +814,10 @@ static int await_ready(int ready_fd, int suspended, struct pu_failure *why)
         return 0;
     if (got == (ssize_t)sizeof report && report.step == CHILD_NEEDS_TIMEOUT && suspended)
         return 1;
+    /* Covering it is impossible, and a user may have hidden it on purpose (their FUSE mount over
+     * a directory above it): whatever onerr says, no session goes without it covered. */
+    if (got == (ssize_t)sizeof report && report.step == STEP_PROCFS_HIDDEN)
+        return refuse(why, CHILD_STEP_NAMES[report.step], report.err);
     if (got == (ssize_t)sizeof report && report.step >= 0 && report.step < STEP_COUNT)
         return fail(why, CHILD_STEP_NAMES[report.step], report.err);
     if (got < 0)

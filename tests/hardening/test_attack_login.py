@@ -45,7 +45,7 @@ def _tools() -> None:
 # Without CAP_SYS_RESOURCE (this machine's bounding set lacks it, as do many containers) root
 # cannot raise a hard limit the user lowered: then the session is refused, whatever onerr says.
 # With it, the init sets its own limits and the session is namespaced. Never is it un-namespaced.
-USERS_OWN_LIMITS = "refusing the session (the user's own limits: onerr does not apply)"
+USERS_OWN_LIMITS = "refusing the session (a user can cause this: onerr does not apply)"
 
 
 @pytest.mark.parametrize("limit", ["-n 13", "-n 10", "-n 16", "-n 20", "-f 0", "-f 1"])

@@ -34,6 +34,7 @@ from hardening.faults import (
     INIT_PROBE,
     OPEN,
     RECOVERS,
+    REFUSED,
     STEP_IDS,
     STEPS,
     SessionInit,
@@ -103,7 +104,7 @@ def test_an_injected_failure_has_the_documented_outcome(pam_sandbox, users, faul
             since = pam_sandbox.syslog.mark()
             result = run(fault_callers[caller](user, session_probe(marker)))
             left_at_return = leftovers(inits_of(fault_dir.clones()), strict=True) \
-                if step.outcome == OPEN else []
+                if step.outcome in (OPEN, REFUSED) else []
 
             def read() -> List[str]:
                 return module_lines(pam_sandbox.syslog.lines(since, settle=0))
@@ -135,7 +136,15 @@ def test_an_injected_failure_has_the_documented_outcome(pam_sandbox, users, faul
     assert result.returncode not in CRASH_OR_HANG, f"crash or hang: {context}"
     assert "core dumped" not in result.stderr and "Segmentation" not in result.stderr, context
 
-    if step.outcome == OPEN and onerr == "fail":
+    if step.outcome == REFUSED:
+        assert result.returncode != 0, f"the session was not refused: {context}"
+        assert not marker.exists(), f"the command ran in a refused session: {context}"
+        assert "ran:yes" not in output, context
+        assert len(lines) == 1, context
+        assert severity(lines[0]) == LOG_ERR, context
+        assert f"{step.step} failed for user {named}: {step.errno_text}; refusing the session " \
+            "(a user can cause this: onerr does not apply)" in lines[0], context
+    elif step.outcome == OPEN and onerr == "fail":
         assert result.returncode != 0, f"the session was not refused: {context}"
         assert not marker.exists(), f"the command ran in a refused session: {context}"
         assert "ran:yes" not in output, context
@@ -264,9 +273,9 @@ def test_no_descriptor_is_left_in_the_caller_on_any_failure_path(pam_sandbox, us
         assert result.returncode == 0, where
         assert all(name in injected for name in step.hit), where
         session = json.loads(result.stdout.splitlines()[0])["session"]
-        refused = step.outcome == OPEN and onerr == "fail"
+        refused = step.outcome == REFUSED or (step.outcome == OPEN and onerr == "fail")
         assert (session["open_rc"] != 0) == refused, where
-        if step.outcome == OPEN:
+        if step.outcome in (OPEN, REFUSED):
             assert session["fds_open"] == session["fds_before"], f"state kept: {where}"
         assert session["fds_closed"] == session["fds_before"], f"descriptor leaked: {where}"
         assert wait_no_leftovers(inits_of(clones)) == [], where
