@@ -411,7 +411,7 @@ static int pin_into(struct procfs_pins *pins, uint64_t id, unsigned int id_kind,
         /* Still there, yet the path does not lead to it: something is mounted over it (a user's
          * FUSE mount on a directory above it), or the walk was refused or failed. Left as it is,
          * the user unmounts the cover inside the session and reads the host's processes; a
-         * stalled walk is the caller's timeout (see start_namespace). */
+         * stalled walk is the caller's timeout (see await_ready). */
         pins->hidden = 1;
         return -1;
     }
