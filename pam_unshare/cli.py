@@ -15,6 +15,7 @@ from pam_unshare import (
     audit,
     dbuspolicy,
     demo,
+    hideable,
     install,
     paths,
     render,
@@ -191,7 +192,7 @@ def _check(args: argparse.Namespace) -> int:
     if not args.pam_dir.is_dir():
         raise Refused(f"{args.pam_dir}: no such directory")
     tree = PamTree(args.pam_dir)
-    findings = audit.check(tree)
+    findings = audit.check(tree) + hideable.findings(args.pam_dir)
     for finding in findings:
         print(finding)
     problems = sum(finding.problem for finding in findings)

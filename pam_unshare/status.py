@@ -6,7 +6,16 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Dict, List
 
-from pam_unshare import __version__, audit, dbuspolicy, options, paths, system, usermanager
+from pam_unshare import (
+    __version__,
+    audit,
+    dbuspolicy,
+    hideable,
+    options,
+    paths,
+    system,
+    usermanager,
+)
 from pam_unshare.errors import Refused
 from pam_unshare.stacks import PamTree
 
@@ -163,7 +172,7 @@ def _user_manager_ways(unit_dir: Path | None) -> List[Uncovered]:
 
 def collect(pam_dir: Path, unit_dir: Path | None = usermanager.DEFAULT_UNIT_DIR) -> Status:
     tree = PamTree(pam_dir)
-    findings = audit.check(tree)
+    findings = audit.check(tree) + hideable.findings(pam_dir)
     return Status(
         version=__version__,
         pam_dir=str(pam_dir),
