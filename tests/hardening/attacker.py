@@ -15,10 +15,16 @@ from pathlib import Path
 from typing import Iterator, List, Sequence
 
 from conftest import PamSandbox
+from pam_unshare_testsupport import devlog
 
 from pam_unshare import pamd, proc, sessions
 
 SUDOERS_DIR = "/etc/sudoers.d"
+
+
+def module_lines_since(pam_sandbox: PamSandbox, mark: int, settle: float = 0.3) -> List[str]:
+    """The module's syslog lines since MARK (pam_sandbox.syslog.mark())."""
+    return devlog.module_lines(pam_sandbox.syslog.lines(mark, settle=settle))
 
 
 def as_user(uid: int, command: str) -> List[str]:

@@ -17,12 +17,11 @@ import os
 import subprocess
 import time
 
-from pam_unshare_testsupport import devlog
-
 from hardening.attacker import (
     cpu_seconds,
     inits_of,
     lowest_free_fd,
+    module_lines_since,
     prlimit_nofile,
     release,
     su_holding,
@@ -32,10 +31,6 @@ from pam_unshare import proc
 
 FULL_LINE = "joining the user's namespace (max_sessions reached) failed for user {user}"
 QUOTA_LINE = "counting the user's sessions (max_sessions reached) failed for user {user}"
-
-
-def module_lines(pam_sandbox, mark: int) -> list[str]:
-    return devlog.module_lines(pam_sandbox.syslog.lines(mark))
 
 
 def su(user: str, command: str, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -92,7 +87,7 @@ def test_a_full_namespace_refuses_the_joiner_and_stays_the_only_one(pam_sandbox,
             assert third.returncode != 0 and third.stdout == "", third.stdout
             assert {s.id for s in inits_of(uid)} == namespaces, (
                 "a refused joiner took the full namespace for a stale one and started another")
-            lines = module_lines(pam_sandbox, mark)
+            lines = module_lines_since(pam_sandbox, mark)
             assert any(FULL_LINE.format(user=users.alice) in line for line in lines), lines
             release(held.pop())
             fourth = su(users.alice, "cat /proc/1/comm")
@@ -112,7 +107,7 @@ def test_max_sessions_bounds_one_users_sessions(pam_sandbox, users, user_state_d
             refused = su(users.alice, "cat /proc/1/comm")
             assert refused.returncode != 0 and refused.stdout == "", (
                 f"a fourth session ran: {refused.stdout!r}")
-            lines = module_lines(pam_sandbox, mark)
+            lines = module_lines_since(pam_sandbox, mark)
             assert any(QUOTA_LINE.format(user=users.alice) in line for line in lines), lines
             other = su(users.bob, "cat /proc/1/comm")
             assert other.stdout.strip() == "pam_unshare", "another user was refused too"

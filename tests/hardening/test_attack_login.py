@@ -20,6 +20,7 @@ from conftest import require_tools
 from hardening.attacker import (
     as_user,
     init_of_user,
+    module_lines_since,
     release,
     run_as,
     su_for_users,
@@ -29,10 +30,6 @@ from hardening.attacker import (
 from pam_unshare import proc
 
 PID1_COMM = "cat /proc/1/comm"
-
-
-def module_errors(pam_sandbox, mark: int) -> list[str]:
-    return [line for line in pam_sandbox.syslog.lines(mark) if "pam_unshare(" in line]
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -54,7 +51,7 @@ def test_a_users_rlimit_does_not_leave_the_session_un_namespaced(pam_sandbox, us
     mark = pam_sandbox.syslog.mark()
     with pam_sandbox.options("onerr=succeed"), su_for_users(pam_sandbox):
         result = run_as(uid, f"ulimit {limit}; su {users.alice} -c {shlex.quote(PID1_COMM)}")
-    errors = module_errors(pam_sandbox, mark)
+    errors = module_lines_since(pam_sandbox, mark)
     if result.stdout.strip() == "pam_unshare":
         assert result.returncode == 0 and errors == [], errors
         return
@@ -100,7 +97,7 @@ def test_a_users_address_space_limit_does_not_leave_the_session_un_namespaced(pa
                 low = middle
         outcomes = {kib: _login_under_address_space_limit(uid, users.alice, kib)
                     for kib in range(high - 1024, high + 64, 8)}
-    refusals = [line for line in module_errors(pam_sandbox, mark)
+    refusals = [line for line in module_lines_since(pam_sandbox, mark)
                 if "mapping the stack of the clone child (the user's limits)" in line]
     assert [kib for kib, outcome in outcomes.items() if outcome == "outside"] == [], outcomes
     assert refusals, f"no limit in the sweep hit the module's mapping (threshold {high} KiB)"
@@ -187,7 +184,7 @@ def test_an_unknown_only_group_refuses_the_session_under_onerr_fail(pam_sandbox,
                                 text=True, timeout=60)
     assert result.returncode != 0 and "pam_unshare" not in result.stdout, (
         f"an unresolvable only_groups exempted the user: {result.stdout!r}")
-    errors = module_errors(pam_sandbox, mark)
+    errors = module_lines_since(pam_sandbox, mark)
     assert any("looking up a group named in only_groups (no such group) failed for user "
                f"{users.alice}: No such file or directory; refusing the session" in line
                for line in errors), errors
@@ -199,7 +196,7 @@ def test_an_unknown_only_group_is_logged_under_onerr_succeed(pam_sandbox, users)
         result = subprocess.run(["su", users.alice, "-c", PID1_COMM], capture_output=True,
                                 text=True, timeout=60)
     assert result.returncode == 0
-    errors = module_errors(pam_sandbox, mark)
+    errors = module_lines_since(pam_sandbox, mark)
     assert any("only_groups (no such group)" in line and "onerr=succeed" in line
                for line in errors), errors
 
@@ -281,7 +278,7 @@ def test_a_long_passwd_entry_is_namespaced_not_refused(pam_sandbox, long_entry_u
                                 text=True, timeout=60)
     assert result.stdout.strip() == "pam_unshare", (
         f"{options}: {result.stdout!r} {result.stderr!r} "
-        f"{module_errors(pam_sandbox, mark)}")
+        f"{module_lines_since(pam_sandbox, mark)}")
 
 
 # ---- the init-to-be, before it takes uid 0 -------------------------------------------------------

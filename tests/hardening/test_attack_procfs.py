@@ -14,12 +14,12 @@ import signal
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Iterator, List
+from typing import Iterator
 
 import pytest
 from conftest import require_tools
 
-from hardening.attacker import as_user, run_as, su_for_users
+from hardening.attacker import as_user, module_lines_since, run_as, su_for_users
 from pam_unshare import linux, proc
 
 MS_NOSUID, MS_NODEV, MS_NOEXEC = 0x2, 0x4, 0x8
@@ -110,10 +110,6 @@ def fuse_daemon(uid: int, chroot: Path) -> int:
     return daemons[0]
 
 
-def module_lines(pam_sandbox, mark: int) -> List[str]:
-    return [line for line in pam_sandbox.syslog.lines(mark, settle=0.3) if "pam_unshare(" in line]
-
-
 @pytest.mark.parametrize("allow_other", [True, False], ids=["allow_other", "own"])
 @pytest.mark.parametrize("onerr", ["fail", "succeed"])
 def test_a_procfs_hidden_under_the_users_fuse_mount_refuses_the_session(pam_sandbox, users,
@@ -131,7 +127,7 @@ def test_a_procfs_hidden_under_the_users_fuse_mount_refuses_the_session(pam_sand
                   f"cat {shlex.quote(str(chroot / 'proc' / '1' / 'comm'))}")
         with pam_sandbox.options(f"onerr={onerr}"), su_for_users(pam_sandbox):
             result = run_as(uid, f"su {users.alice} -c {shlex.quote(reveal)}")
-        lines = module_lines(pam_sandbox, mark)
+        lines = module_lines_since(pam_sandbox, mark)
     host_init = proc.read_stat(1)
     assert host_init is not None
     assert host_init.comm not in result.stdout, (
@@ -156,7 +152,7 @@ def test_a_stalled_fuse_mount_on_the_way_refuses_the_session_under_onerr_succeed
                 result = subprocess.run(as_user(uid, f"su {users.alice} -c 'cat /proc/1/comm'"),
                                         capture_output=True, text=True, timeout=120,
                                         stdin=subprocess.DEVNULL, cwd="/")
-            lines = module_lines(pam_sandbox, mark)
+            lines = module_lines_since(pam_sandbox, mark)
         finally:
             os.kill(daemon, signal.SIGCONT)
     assert result.stdout.strip() in ("", proc.INIT_COMM), (
