@@ -174,9 +174,6 @@ STEPS: List[Step] = [
     Step("cover-procfs-pin", "open@init:1:EACCES",
          "covering a procfs mount hidden under another mount", outcome=REFUSED, where="child",
          other_procfs=True),
-    Step("cover-procfs-pin-hangs", "open@init:1:HANG",
-         "waiting for the session init to start", outcome=REFUSED, errno_name="ETIMEDOUT",
-         where="child", other_procfs=True),
     # ---- the caller, waiting and joining
     Step("ready-poll", "poll:1:ENOMEM", "waiting for the session init to start"),
     Step("ready-poll-eintr", "poll:1:EINTR", "", outcome=RECOVERS),
