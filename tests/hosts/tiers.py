@@ -7,10 +7,15 @@ then answers on an admin sshd (port 2222, UsePAM no) for root with a key made fo
 - ContainerTier: systemd-nspawn -b in a network namespace of its own (hosts/netns.py), reached at
   the namespace's address;
 - VmTier: QEMU with software emulation (hosts/qemu_vm.py), reached through a port forwarded to
-  this machine's loopback.
+  this machine's loopback;
+- VagrantTier: the same image as a Vagrant box (hosts/vagrant_box.py) that the project's
+  Vagrantfile brings up and provisions with vagrant-libvirt, libvirtd in a network namespace of
+  its own, reached through that namespace.
+
+HostTier is the life cycle they share: image, boot, provision, wait for the admin sshd, stop.
 
 ssh_config_entry() is what testinfra's ssh backend needs to find the host by its tier name
-(ssh://pu-container, ssh://pu-container-trixie, ssh://pu-vm).
+(ssh://pu-container, ssh://pu-container-trixie, ssh://pu-vm, ssh://pu-vagrant).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pty
+import re
 import shlex
 import signal
 import socket
@@ -193,8 +199,13 @@ class HostTier:
             self.provision()
             self.wait_admin()
             self.timings["provisioning"] = time.monotonic() - provisioned
-        except BaseException:
-            self.stop()
+        except BaseException as error:
+            try:
+                self.stop()
+            except TierError as cleanup:  # say both, the cause first
+                if not isinstance(error, Exception):
+                    raise error from cleanup
+                raise TierError(f"{error}; then stopping {self.name}: {cleanup}") from error
             raise
         self.kernel = self.run(["uname", "-r"]).stdout.strip()
         phases = ", ".join(f"{phase} {seconds:.1f} s" for phase, seconds in self.timings.items())
@@ -475,13 +486,16 @@ class VagrantTier(EmulatedTier):
             return
         problems: list[str] = []
         try:
-            if self.up:
+            # Nothing to destroy if `vagrant up` failed before it made the machine (e.g. no
+            # provider): vagrant destroy would only fail for the same reason.
+            made = (self.dotfile / "machines" / "default" / "libvirt" / "id").exists()
+            if self.up and (made or libvirt.leftovers().domains):
                 started = time.monotonic()
                 rc, why = self.vagrant(VAGRANT_DESTROY, timeout=300)
                 self.timings["destroy"] = time.monotonic() - started
-                self.up = False
                 if rc != 0:
                     problems.append(f"vagrant destroy -f failed (rc {rc}): {why[0]}")
+            self.up = False
             # vagrant destroy keeps the box's volume in the pool, for the next `vagrant up`.
             libvirt.clean_libvirt()
             left = libvirt.leftovers()
@@ -521,13 +535,18 @@ def iter_lines(output: IO[bytes]) -> Iterator[str]:
 
 
 def vagrant_failure(stdout: list[str], stderr: list[str]) -> str:
-    """One line for why a vagrant command failed: the guest's last words when a provisioner
-    failed (Vagrant relays them with a "default:" prefix), else Vagrant's own message (the
-    first paragraph of its stderr)."""
-    guest = [line.split(":", 1)[1].strip() for line in stderr
-             if line.startswith("    default:") and line.split(":", 1)[1].strip()]
-    if guest and any("Running provisioner:" in line for line in stdout):
-        return f"provisioning failed: {guest[-1]}"
+    """One line for why a vagrant command failed: when a provisioner failed, the guest's first
+    error (Vagrant relays the guest's output with a "default:" prefix), else Vagrant's own
+    message (the first paragraph of its stderr)."""
+    provisioning = False
+    guest: list[str] = []
+    for line in stdout + stderr:
+        provisioning = provisioning or "Running provisioner:" in line
+        if provisioning and line.startswith("    default:") and line.split(":", 1)[1].strip():
+            guest.append(line.split(":", 1)[1].strip())
+    if guest:
+        errors = [line for line in guest if re.search(r"\berror\b", line, re.IGNORECASE)]
+        return f"provisioning failed: {(errors or guest[-1:])[0]}"
     paragraphs = [" ".join(part.split()) for part in "\n".join(stderr).split("\n\n")]
     paragraphs = [part for part in paragraphs if part]
     if paragraphs:
