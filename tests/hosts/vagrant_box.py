@@ -44,6 +44,9 @@ _KEY = "box_ed25519"
 _STAMP = "pam-unshare-box-key"
 _VAGRANT_HOME = Path(os.environ.get("VAGRANT_HOME") or Path.home() / ".vagrant.d")
 LIBVIRT_URI = "qemu:///system"
+# Where box commands run: Vagrant makes .vagrant/ next to the Vagrantfile it finds from its
+# working directory up, and the source tree has one.
+_NO_PROJECT = "/"
 # libvirtd with /dev/kvm hidden (/dev/null in its place, in a mount namespace of its own): KVM is
 # not usable for nested guests here, yet with /dev/kvm present libvirt probes QEMU's capabilities
 # with it, which hung domain creation for 80 to 113 s on this machine (1 s without). We use TCG
@@ -133,7 +136,7 @@ def added_stamp(name: str = BOX_NAME) -> str | None:
 def box_added(name: str) -> bool:
     """Whether `vagrant box list` has NAME for libvirt."""
     result = subprocess.run(["vagrant", "box", "list", "--machine-readable"],
-                            capture_output=True, text=True)
+                            capture_output=True, text=True, cwd=_NO_PROJECT)
     names = {line.split(",")[3] for line in result.stdout.splitlines()
              if line.split(",")[2:3] == ["box-name"]}
     return name in names
@@ -144,7 +147,7 @@ def add_box(box: Box, name: str = BOX_NAME) -> bool:
     if added_stamp(name) == box.stamp:
         return False
     result = subprocess.run(["vagrant", "box", "add", "--force", "--name", name, str(box.file)],
-                            capture_output=True, text=True)
+                            capture_output=True, text=True, cwd=_NO_PROJECT)
     if result.returncode != 0:
         raise VagrantError(f"vagrant box add {box.file} failed: "
                            f"{last_line(result.stdout + result.stderr)}")
