@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """pam-unshare benchmarks: one command prints a table and writes JSON and a chart.
 
-usage (as root, with the package installed: python3 -m pip install .):
+usage (as root, with the package and the tests' support installed:
+       python3 -m pip install '.[bench]' && python3 -m pip install -e tests/support):
     python3 benchmarks/run.py            default run (about 5 minutes on 2 CPUs)
     python3 benchmarks/run.py --quick    smoke run (under a minute)
     python3 benchmarks/run.py --full     10,000-run failure loop, more rounds (about 15 minutes)
@@ -13,16 +14,25 @@ Measures, on this machine and in one run, with the module against without it:
   - Pss and Rss of a session's PID 1 under su, sudo and sshd, and its CPU over 30 idle seconds;
   - logout: from the session's last process exiting to PID 1 being gone;
   - N = 100, 500, 1,000 concurrent su sessions opened and closed: time, memory, failures,
-    leftovers.
+    leftovers;
+  - breakdown: su and sudo off, on and on with `debug`: each phase the module's debug line times,
+    their sum against the measured added latency;
+  - growth: with about 50, 1,000 and 10,000 mounts (--quick: 50, 1,000) in the sandbox, su
+    latency off/on and kernel memory per live session; and a host mount + umount pair with 1,
+    100 and 1,000 live sessions (--quick: 1, 100), propagation=slave against private;
+  - join: scope=user, a login joining the user's running namespace against off and against a
+    new namespace.
 
 Everything runs in a sandbox (a private mount namespace with throwaway copies of /etc/pam.d and
 the account files, as in the tests): the host's PAM files are never written. Writes
-results.json, results.md and latency.png to --out (default benchmarks/results/).
+results.json, results.md and the charts latency.png, breakdown.png and growth.png (with
+matplotlib) to --out (default benchmarks/results/).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import hashlib
 import json
@@ -37,14 +47,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
-import pubench  # noqa: F401 - puts tests/ on sys.path for the helpers below
-from pubench import latency, procfs, procs, report, scale, session
+from pubench import breakdown, growth, join, latency, procfs, procs, report, scale, session
 from pubench.env import BenchEnv, host_pam_mentions_module
 
 import pam_unshare
 
-PARTS = ("latency", "failures", "session", "logout", "scale", "procfs")
-DEFAULT_OUT = Path(__file__).resolve().parent / "results"
+PARTS = ("latency", "failures", "session", "logout", "scale", "procfs", "breakdown", "growth",
+         "join")
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_OUT = REPO / "benchmarks" / "results"
 
 
 @dataclass(frozen=True)
@@ -57,12 +68,20 @@ class Plan:
     logout_sessions: int
     scale_sizes: Tuple[int, ...]
     resamples: int  # bootstrap resamples for the ratio's interval
+    breakdown: breakdown.Plan
+    growth: growth.Plan
+    join: join.Plan
 
 
 PLANS = {
-    "quick": Plan(5, 20, 4, 200, 5, 5, (100,), 300),
-    "default": Plan(20, 50, 12, 1000, 30, 20, (100, 500, 1000), 1000),
-    "full": Plan(50, 100, 20, 10_000, 30, 50, (100, 500, 1000), 2000),
+    "quick": Plan(5, 20, 4, 200, 5, 5, (100,), 300, breakdown.Plan(3, 10),
+                  growth.Plan((50, 1000), 4, 10, 10, 50, (1, 100), 100), join.Plan(3, 10, 10)),
+    "default": Plan(20, 50, 12, 1000, 30, 20, (100, 500, 1000), 1000, breakdown.Plan(10, 30),
+                    growth.Plan((50, 1000, 10_000), 5, 10, 20, 100, (1, 100, 1000), 200),
+                    join.Plan(10, 20, 20)),
+    "full": Plan(50, 100, 20, 10_000, 30, 50, (100, 500, 1000), 2000, breakdown.Plan(20, 50),
+                 growth.Plan((50, 1000, 10_000), 10, 20, 50, 100, (1, 100, 1000), 500),
+                 join.Plan(20, 50, 50)),
 }
 
 
@@ -101,10 +120,17 @@ def machine_info(module: str, installed: str) -> Dict[str, Any]:
         "module_copy": module,
         "module_sha256": module_sha,
         "package_version": pam_unshare.__version__,
-        "git_commit": _first_line(["git", "-C", str(pubench.REPO), "rev-parse", "HEAD"]),
+        "git_commit": _first_line(["git", "-C", str(REPO), "rev-parse", "HEAD"]),
         "loadavg_start": " ".join(f"{value:.2f}" for value in os.getloadavg()),
         "foreign_session_inits": procs.machine_counts()["session_inits"],
     }
+
+
+def _jsonable(value: object) -> Any:
+    """The typed records of the newer parts, as JSON."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return dataclasses.asdict(value)
+    raise TypeError(f"not JSON: {value!r}")
 
 
 def _raise_interrupt(signum: int, _frame: object) -> None:
@@ -143,6 +169,13 @@ def measure(env: BenchEnv, plan: Plan, parts: List[str], seed: int) -> Dict[str,
             f"{plan.rounds} rounds")
         results["procfs"] = procfs.measure(env, plan.rounds, max(5, plan.per_round // 2),
                                            seed, log)
+    if "breakdown" in parts:
+        results["breakdown"] = breakdown.measure(env, plan.breakdown, seed, log)
+    if "join" in parts:
+        results["join"] = join.measure(env, plan.join, seed, log)
+    if "growth" in parts:
+        results["growth"] = growth.measure(env, plan.growth, seed, log)
+        results["growth_slopes"] = results["growth"].slopes()
     if "scale" in parts:
         results["scale"] = []
         for n in plan.scale_sizes:
@@ -165,7 +198,7 @@ def main(argv: List[str] | None = None) -> int:
     size.add_argument("--full", action="store_true",
                       help="10,000-run failure loop and more latency rounds")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
-                        help=f"where results.json, results.md and latency.png go "
+                        help=f"where results.json, results.md and the charts go "
                              f"(default {DEFAULT_OUT})")
     parser.add_argument("--parts", default=",".join(PARTS),
                         help=f"comma-separated subset of {','.join(PARTS)}")
@@ -198,7 +231,7 @@ def main(argv: List[str] | None = None) -> int:
     finally:
         env.close()
     machine["loadavg_end"] = " ".join(f"{value:.2f}" for value in os.getloadavg())
-    results.update({"mode": mode, "plan": plan.__dict__, "machine": machine,
+    results.update({"mode": mode, "plan": dataclasses.asdict(plan), "machine": machine,
                     "seconds": round(time.monotonic() - started, 1),
                     "command": "python3 benchmarks/run.py"
                                + {"quick": " --quick", "full": " --full"}.get(mode, "")})
@@ -214,12 +247,12 @@ def main(argv: List[str] | None = None) -> int:
     table = report.markdown(results)
     (args.out / "results.md").write_text(table + "\n", encoding="utf-8")
     with open(args.out / "results.json", "w", encoding="utf-8") as handle:
-        json.dump(results, handle, indent=1)
+        json.dump(results, handle, indent=1, default=_jsonable)
         handle.write("\n")
-    problem = report.chart(results, args.out / "latency.png") if "latency" in results else None
+    problem, charts = report.charts(results, args.out)
     print(table)
     print(f"written: {args.out / 'results.json'}, {args.out / 'results.md'}"
-          + ("" if problem or "latency" not in results else f", {args.out / 'latency.png'}"))
+          + "".join(f", {chart}" for chart in charts))
     if problem:
         print(problem, file=sys.stderr)
     if results["host_pam_d_mentions_module"]:

@@ -170,11 +170,12 @@ PAM_EXTERN int pam_sm_open_session(pam_handle_t *pamh, int flags, int argc, cons
         pam_set_data(pamh, SESSION_DATA, NULL, NULL);
         return session_failed(pamh, &opts, user, &why);
     }
-    pu_debug(pamh, &opts,
-             "user %s: session init runs as pid %d, /proc mounted, caller joined (clone %ld us, "
-             "init ready %ld us, join %ld us)",
-             user, (int)session->init_pid, session->clone_us, session->ready_us,
-             session->join_us);
+    if (opts.debug) {
+        char timing[256];
+        pu_session_timing(session, timing, sizeof timing);
+        pu_debug(pamh, &opts, "user %s: session init runs as pid %d, /proc mounted, caller joined (%s)",
+                 user, (int)session->init_pid, timing);
+    }
     return PAM_SUCCESS;
 }
 

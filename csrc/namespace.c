@@ -32,6 +32,47 @@
 #ifndef MFD_EXEC
 #define MFD_EXEC 0x0010U
 #endif
+/* listmount(2) and statmount(2), Linux 6.8: the same numbers on every architecture. The build
+ * host's headers may predate them; the ABI below is the kernel's (include/uapi/linux/mount.h). */
+#ifndef SYS_statmount
+#define SYS_statmount 457
+#endif
+#ifndef SYS_listmount
+#define SYS_listmount 458
+#endif
+/* The 32-bit uid call where the architecture has both (i386, arm): the plain one takes 16 bits. */
+#ifdef SYS_setresuid32
+#define PU_SYS_SETRESUID SYS_setresuid32
+#else
+#define PU_SYS_SETRESUID SYS_setresuid
+#endif
+#ifndef STATX_MNT_ID_UNIQUE
+#define STATX_MNT_ID_UNIQUE 0x4000U
+#endif
+#define PU_LSMT_ROOT 0xffffffffffffffffULL
+#define PU_STATMOUNT_SB_BASIC 0x1U
+#define PU_STATMOUNT_MNT_POINT 0x10U
+#define PU_PROC_SUPER_MAGIC 0x9fa0
+
+struct pu_mnt_id_req {
+    uint32_t size, spare;
+    uint64_t mnt_id, param;
+};
+
+struct pu_statmount {
+    uint32_t size, mnt_opts;
+    uint64_t mask;
+    uint32_t sb_dev_major, sb_dev_minor;
+    uint64_t sb_magic;
+    uint32_t sb_flags, fs_type;
+    uint64_t mnt_id, mnt_parent_id;
+    uint32_t mnt_id_old, mnt_parent_id_old;
+    uint64_t mnt_attr, mnt_propagation, mnt_peer_group, mnt_master, propagate_from;
+    uint32_t mnt_root, mnt_point;
+    uint64_t spare2[50];
+    char str[];
+};
+_Static_assert(sizeof(struct pu_statmount) == 512, "struct statmount of the kernel's ABI");
 #ifndef P_PIDFD
 #define P_PIDFD 3
 #endif
@@ -53,6 +94,15 @@ extern const unsigned char pu_init_blob_end[];
 
 _Static_assert(PU_MAX_SESSIONS_LIMIT <= PU_INIT_MAX_JOINED,
                "max_sessions must fit the init's table of joined sessions");
+
+/* The host's procfs mounts outside /proc a session can cover: far more than a host has (chroots,
+ * binds of /proc); beyond it the session fails rather than leave one uncovered. */
+#define MAX_OTHER_PROCFS 64
+/* The longest start of a mountinfo line the child reads whole: ID to type, with two paths of
+ * PATH_MAX escaped four bytes to one. */
+#define MOUNTINFO_LINE_MAX (40 * 1024)
+/* The clone child's stack: the mountinfo buffer and a few frames. */
+#define CHILD_STACK_SIZE (96 * 1024)
 
 /* scope=user: where a user's namespace can be found. Root-only, and in /run so that a reboot
  * forgets it. */
@@ -115,13 +165,23 @@ static const char *const CHILD_STEP_NAMES[STEP_COUNT] = {
 };
 
 struct child_report {
-    int32_t step;
+    int32_t step; /* enum child_step, or CHILD_NEEDS_TIMEOUT */
     int32_t err;
 };
+
+#define CHILD_NEEDS_TIMEOUT (-1)
 
 static int fail(struct pu_failure *why, const char *step, int err)
 {
     *why = pu_failure_of(step, err);
+    return -1;
+}
+
+/* The same for what the user caused (see pu_failure.refuse_always): refused whatever onerr says. */
+static int refuse(struct pu_failure *why, const char *step, int err)
+{
+    *why = pu_failure_of(step, err);
+    why->refuse_always = 1;
     return -1;
 }
 
@@ -138,6 +198,14 @@ static void close_if_open(int *fd)
 /* The one cleanup idiom: a descriptor that goes out of scope is closed, unless steal_fd() handed
  * it on. */
 #define autoclose __attribute__((cleanup(close_if_open)))
+
+/* Hands FD over to a new owner: the cleanup attribute of its old home then closes nothing. */
+static int steal_fd(int *fd)
+{
+    int stolen = *fd;
+    *fd = -1;
+    return stolen;
+}
 
 static long monotonic_us(void)
 {
@@ -187,6 +255,18 @@ __attribute__((noreturn)) static void child_failed(int ready_fd, enum child_step
     _exit(127);
 }
 
+/* A suspended caller (see clone_init) waits for the child without a timeout, so the child must
+ * not do anything that can block for good. Covering another procfs walks its path, which can
+ * (a stalled NFS or FUSE mount on the way): the child that finds one asks to be started again
+ * unsuspended, where the caller's timeout applies. */
+__attribute__((noreturn)) static void child_needs_timeout(int ready_fd)
+{
+    struct child_report report = {.step = CHILD_NEEDS_TIMEOUT, .err = 0};
+    ssize_t ignored = write(ready_fd, &report, sizeof report);
+    (void)ignored;
+    _exit(126);
+}
+
 static int create_init_program(int ready_fd)
 {
     size_t size = (size_t)(pu_init_blob_end - pu_init_blob);
@@ -226,6 +306,12 @@ static void unescape_octal(char *text)
     *out = '\0';
 }
 
+/* /proc and what lies below it: the session's own /proc covers those. */
+static int under_proc(const char *point)
+{
+    return strcmp(point, "/proc") == 0 || strncmp(point, "/proc/", 6) == 0;
+}
+
 /* From one mountinfo line: the mount ID and mount point of a procfs mount other than /proc and
  * what lies below it (the session's /proc covers those). 0 when the line is anything else. */
 static int other_procfs(char *line, unsigned long *id, char **point)
@@ -241,65 +327,256 @@ static int other_procfs(char *line, unsigned long *id, char **point)
     if (separator == NULL || strncmp(separator + 3, "proc ", 5) != 0)
         return 0;
     unescape_octal(fields[4]);
-    if (strcmp(fields[4], "/proc") == 0 || strncmp(fields[4], "/proc/", 6) == 0)
+    if (under_proc(fields[4]))
         return 0;
     *id = strtoul(fields[0], NULL, 10);
     *point = fields[4];
     return 1;
 }
 
-/* Mounts the session's procfs on top of the mount with ID, reached through POINT. The path was
- * read a moment ago and a user may own a directory on it: the mount is pinned by an O_PATH
- * descriptor whose mount ID must be ID, and the new procfs goes on exactly that. 0 when the
- * mount is gone meanwhile (nothing to cover), -1 with errno on failure. */
-static int cover_procfs_mount(unsigned long id, const char *point)
+/* "/proc/self/fd/N" for descriptor FD, without stdio: the clone child calls nothing that may
+ * take a lock of the caller's. */
+static void fd_path(char out[32], int fd)
+{
+    char digits[12];
+    int n = 0;
+    const char prefix[] = "/proc/self/fd/";
+
+    memcpy(out, prefix, sizeof prefix - 1);
+    do {
+        digits[n++] = (char)('0' + fd % 10);
+        fd /= 10;
+    } while (fd > 0);
+    for (int i = 0; i < n; i++)
+        out[sizeof prefix - 1 + i] = digits[n - 1 - i];
+    out[sizeof prefix - 1 + n] = '\0';
+}
+
+/* The procfs mounts found so far, pinned; covered once the whole table is read. */
+struct procfs_pins {
+    int fds[MAX_OTHER_PROCFS];
+    int count;
+    int may_walk; /* 0: the caller is suspended; only say whether there is one (found) */
+    int found;
+};
+
+/* Pins the procfs mount with ID, reached through POINT, by an O_PATH descriptor. The path was
+ * read a moment ago and a user may own a directory on it: the descriptor counts only if its mount
+ * ID is ID. The descriptor, -2 when the mount is gone or the path leads elsewhere now (nothing to
+ * cover), -1 with errno on failure. */
+static int pin_procfs_mount(uint64_t id, unsigned int id_kind, const char *point)
 {
     struct statx where;
-    char through[64];
     autoclose int fd = open(point, O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
 
     if (fd < 0)
-        return errno == ENOENT || errno == ENOTDIR || errno == ELOOP ? 0 : -1;
-    if (statx(fd, "", AT_EMPTY_PATH, STATX_MNT_ID, &where) < 0)
+        return errno == ENOENT || errno == ENOTDIR || errno == ELOOP ? -2 : -1;
+    if (statx(fd, "", AT_EMPTY_PATH, id_kind, &where) < 0)
         return -1;
-    if (!(where.stx_mask & STATX_MNT_ID) || where.stx_mnt_id != id)
-        return 0; /* the path leads elsewhere now: not the procfs mount that was listed */
-    snprintf(through, sizeof through, "/proc/self/fd/%d", fd);
-    return mount("proc", through, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL);
+    if (!(where.stx_mask & id_kind) || where.stx_mnt_id != id)
+        return -2;
+    return steal_fd(&fd);
+}
+
+/* Pins the procfs at POINT with mount ID of kind ID_KIND into PINS (see pin_procfs_mount): 0, or
+ * -1 with errno. */
+static int pin_into(struct procfs_pins *pins, uint64_t id, unsigned int id_kind,
+                    const char *point)
+{
+    int fd;
+
+    pins->found = 1;
+    if (!pins->may_walk)
+        return 0;
+    fd = pin_procfs_mount(id, id_kind, point);
+
+    if (fd == -2)
+        return 0;
+    if (fd < 0)
+        return -1;
+    if (pins->count == MAX_OTHER_PROCFS) {
+        close(fd);
+        errno = E2BIG;
+        return -1;
+    }
+    pins->fds[pins->count++] = fd;
+    return 0;
+}
+
+/* One mountinfo line (NUL-terminated, possibly only its start: see cover_other_procfs): pinned
+ * when it is another procfs. 0, or -1 with errno. */
+static int consider_mount(char *line, struct procfs_pins *pins)
+{
+    unsigned long id;
+    char *point;
+
+    if (!other_procfs(line, &id, &point))
+        return 0;
+    return pin_into(pins, id, STATX_MNT_ID, point);
+}
+
+/* Finds and pins the procfs mounts outside /proc through /proc/self/mountinfo (kernels before
+ * 6.8). The table is streamed through a buffer on the child's stack (no allocator: see
+ * clone_init). Of a line longer than the buffer only its start is kept:
+ * every field needed (ID, mount point, type) comes before the long ones (mount source and super
+ * options: overlayfs layers), and a mount point that does not fit fails the session rather than
+ * go unchecked. */
+static void find_procfs_in_mountinfo(int ready_fd, struct procfs_pins *pins)
+{
+    _Static_assert(MOUNTINFO_LINE_MAX > 2 * 4 * PATH_MAX + 1024, "two escaped paths must fit");
+    char buffer[MOUNTINFO_LINE_MAX + 1];
+    size_t start = 0, end = 0;
+    int skipping = 0, eof = 0;
+    autoclose int table = open("/proc/self/mountinfo", O_RDONLY | O_CLOEXEC);
+
+    if (table < 0)
+        child_failed(ready_fd, STEP_COVER_PROCFS);
+    for (;;) {
+        char *line = buffer + start;
+        char *newline = memchr(line, '\n', end - start);
+        if (newline != NULL || (eof && end > start)) {
+            size_t length = newline ? (size_t)(newline - line) : end - start;
+            line[length] = '\0';
+            if (!skipping && consider_mount(line, pins) < 0)
+                child_failed(ready_fd, STEP_COVER_PROCFS);
+            skipping = 0;
+            start += newline ? length + 1 : length;
+            continue;
+        }
+        if (eof)
+            break;
+        if (start == 0 && end == MOUNTINFO_LINE_MAX) {
+            /* A line longer than the buffer: judged by its start, the rest of it skipped. */
+            buffer[end] = '\0';
+            if (!skipping && (strstr(buffer, " - ") == NULL ||
+                              consider_mount(buffer, pins) < 0)) {
+                if (errno != E2BIG)
+                    errno = ENAMETOOLONG;
+                child_failed(ready_fd, STEP_COVER_PROCFS);
+            }
+            skipping = 1;
+            end = 0;
+        } else if (start > 0) {
+            memmove(buffer, buffer + start, end - start);
+            end -= start;
+            start = 0;
+        }
+        for (;;) {
+            ssize_t got = read(table, buffer + end, MOUNTINFO_LINE_MAX - end);
+            if (got < 0 && errno == EINTR)
+                continue;
+            if (got < 0)
+                child_failed(ready_fd, STEP_COVER_PROCFS);
+            eof = got == 0;
+            end += (size_t)got;
+            break;
+        }
+    }
+}
+
+/* The same through listmount(2) and statmount(2) (Linux 6.8): no text to make and parse, and no
+ * walk through the session's fresh /proc, which is most of the mountinfo way's cost. 0, or -1
+ * with errno ENOSYS before anything was pinned: the kernel has neither, use mountinfo. */
+static int find_procfs_by_listmount(int ready_fd, struct procfs_pins *pins)
+{
+    enum { BATCH = 256 };
+    uint64_t ids[BATCH];
+    struct pu_mnt_id_req list = {.size = sizeof list, .mnt_id = PU_LSMT_ROOT, .param = 0};
+    union {
+        struct pu_statmount info;
+        char bytes[sizeof(struct pu_statmount) + PATH_MAX];
+    } mount;
+
+    for (;;) {
+        long count = syscall(SYS_listmount, &list, ids, BATCH, 0);
+        if (count < 0 && errno == ENOSYS && list.param == 0)
+            return -1;
+        if (count < 0)
+            child_failed(ready_fd, STEP_COVER_PROCFS);
+        for (long i = 0; i < count; i++) {
+            struct pu_mnt_id_req which = {.size = sizeof which, .mnt_id = ids[i]};
+            /* The type first: the mount point is made only for the few procfs mounts. */
+            which.param = PU_STATMOUNT_SB_BASIC;
+            if (syscall(SYS_statmount, &which, &mount, sizeof mount, 0) < 0) {
+                if (errno == ENOENT)
+                    continue; /* unmounted meanwhile */
+                child_failed(ready_fd, STEP_COVER_PROCFS);
+            }
+            if (mount.info.sb_magic != PU_PROC_SUPER_MAGIC)
+                continue;
+            which.param = PU_STATMOUNT_MNT_POINT;
+            if (syscall(SYS_statmount, &which, &mount, sizeof mount, 0) < 0) {
+                if (errno == ENOENT)
+                    continue;
+                child_failed(ready_fd, STEP_COVER_PROCFS);
+            }
+            if (!(mount.info.mask & PU_STATMOUNT_MNT_POINT)) {
+                errno = EOPNOTSUPP;
+                child_failed(ready_fd, STEP_COVER_PROCFS);
+            }
+            if (under_proc(mount.info.str + mount.info.mnt_point))
+                continue;
+            if (pin_into(pins, ids[i], STATX_MNT_ID_UNIQUE, mount.info.str + mount.info.mnt_point) < 0)
+                child_failed(ready_fd, STEP_COVER_PROCFS);
+        }
+        if (count < BATCH)
+            return 0;
+        list.param = ids[count - 1];
+    }
 }
 
 /* The session inherits every procfs the host has mounted elsewhere (a chroot's /proc, a bind of
  * /proc): each would list the host's processes. A procfs of the session's own goes on top of
- * each. The whole table is read before anything is mounted: the new mounts join the table. */
-static void cover_other_procfs(int ready_fd)
+ * each: all are found and pinned first, and covered after, since the new mounts would join the
+ * table being read. */
+static void cover_other_procfs(int ready_fd, int may_walk)
 {
-    char *table = NULL, *cursor, *line;
-    size_t size = 0;
-    FILE *mounts = fopen("/proc/self/mountinfo", "re");
-    FILE *copy = open_memstream(&table, &size);
-    char chunk[8192];
-    size_t got;
+    struct procfs_pins pins = {.count = 0, .may_walk = may_walk, .found = 0};
 
-    if (mounts == NULL || copy == NULL)
-        child_failed(ready_fd, STEP_COVER_PROCFS);
-    while ((got = fread(chunk, 1, sizeof chunk, mounts)) > 0)
-        fwrite(chunk, 1, got, copy);
-    if (ferror(mounts) || fclose(copy) != 0)
-        child_failed(ready_fd, STEP_COVER_PROCFS);
-    fclose(mounts);
-    for (cursor = table; (line = strsep(&cursor, "\n")) != NULL;) {
-        unsigned long id;
-        char *point;
-        if (other_procfs(line, &id, &point) && cover_procfs_mount(id, point) < 0)
+    if (find_procfs_by_listmount(ready_fd, &pins) < 0)
+        find_procfs_in_mountinfo(ready_fd, &pins);
+    if (pins.found && !may_walk)
+        child_needs_timeout(ready_fd);
+    for (int i = 0; i < pins.count; i++) {
+        char through[32];
+        fd_path(through, pins.fds[i]);
+        if (mount("proc", through, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0)
             child_failed(ready_fd, STEP_COVER_PROCFS);
+        close(pins.fds[i]);
     }
-    free(table);
 }
 
 /* The descriptors the init gets, at the numbers of protocol.h; -1: none. */
 struct init_fds {
     int lifeline, ready, listener, program, slot;
 };
+
+/* What the clone child needs to become PID 1. The child runs on the caller's memory (CLONE_VM):
+ * this lives in the caller's frame, which stays put while the caller is suspended (CLONE_VFORK),
+ * and everything in it is made by the caller, so that the child formats and allocates nothing. */
+struct child_start {
+    const struct pu_options *opts;
+    struct init_fds fds;
+    const char *listen_path;
+    char max_joined[16]; /* argv[3] of the init */
+    int suspended;       /* the caller waits in clone_init, without a timeout */
+    /* Written by the child (shared memory when suspended): when each phase ended. */
+    long phase_end_us[PU_PHASE_COUNT];
+};
+
+/* The names of the phases in the debug line, in the order they run. */
+static const char *const PHASE_NAMES[PU_PHASE_COUNT] = {
+    [PU_PHASE_CLONE] = "clone",         [PU_PHASE_IDENTITY] = "identity",
+    [PU_PHASE_MOUNTS] = "mounts",
+    [PU_PHASE_PROCFS] = "procfs",       [PU_PHASE_PROGRAM] = "program",
+    [PU_PHASE_DESCRIPTORS] = "fds",     [PU_PHASE_PRIVILEGES] = "privileges",
+    [PU_PHASE_EXEC] = "exec",
+};
+
+static void phase_done(struct child_start *start, enum pu_phase phase)
+{
+    start->phase_end_us[phase] = monotonic_us();
+}
 
 /* Closes every inherited descriptor but the ones in FDS (-1: none): first, so that what the
  * child opens next gets a low number whatever the user's RLIMIT_NOFILE, and the caller's socket,
@@ -437,21 +714,21 @@ static void take_identity(int ready_fd)
     umask(077);
 }
 
-__attribute__((noreturn)) static void become_init(const struct pu_options *opts,
-                                                  struct init_fds fds, const char *listen_path)
+__attribute__((noreturn)) static void become_init(struct child_start *start)
 {
+    const struct pu_options *opts = start->opts;
     unsigned long propagation = opts->propagation == PU_PROPAGATION_PRIVATE ? MS_PRIVATE : MS_SLAVE;
-    char max_joined[16];
     char *const argv[] = {PU_INIT_ARGV0,
                           opts->on_logout == PU_ON_LOGOUT_KILL ? PU_INIT_KILL : PU_INIT_LINGER,
-                          listen_path ? PU_INIT_USER : NULL, max_joined, NULL};
+                          start->listen_path ? PU_INIT_USER : NULL, start->max_joined, NULL};
     char *const envp[] = {NULL};
+    struct init_fds fds = start->fds;
     int ready = fds.ready;
 
-    snprintf(max_joined, sizeof max_joined, "%d",
-             opts->max_sessions > 0 ? opts->max_sessions : PU_INIT_MAX_JOINED);
+    phase_done(start, PU_PHASE_CLONE);
     take_identity(ready);
     keep_only(&fds);
+    phase_done(start, PU_PHASE_IDENTITY);
     /* Before any mount: with / shared (every systemd host) a mount or unmount here would
      * otherwise propagate back to the host. */
     if (mount("none", "/", NULL, MS_REC | propagation, NULL) < 0)
@@ -460,14 +737,19 @@ __attribute__((noreturn)) static void become_init(const struct pu_options *opts,
      * below it and cannot be unmounted, and the old one stays out of reach underneath. */
     if (mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, NULL) < 0)
         child_failed(ready, STEP_MOUNT_PROC);
-    cover_other_procfs(ready);
+    phase_done(start, PU_PHASE_MOUNTS);
+    cover_other_procfs(ready, !start->suspended);
+    phase_done(start, PU_PHASE_PROCFS);
     fds.program = create_init_program(ready);
+    phase_done(start, PU_PHASE_PROGRAM);
     if (chdir("/") < 0)
         child_failed(ready, STEP_CHDIR);
-    if (listen_path)
-        fds.listener = listen_for_joiners(listen_path, ready);
+    if (start->listen_path)
+        fds.listener = listen_for_joiners(start->listen_path, ready);
     arrange_fds(&fds);
+    phase_done(start, PU_PHASE_DESCRIPTORS);
     drop_privileges(PU_INIT_READY_FD);
+    phase_done(start, PU_PHASE_PRIVILEGES);
     syscall(SYS_execveat, PU_INIT_PROGRAM_FD, "", argv, envp, AT_EMPTY_PATH);
     child_failed(PU_INIT_READY_FD, STEP_EXEC_INIT);
 }
@@ -483,7 +765,9 @@ static void discard_init(int pidfd)
         waitid((idtype_t)P_PIDFD, (id_t)pidfd, &info, WEXITED | WNOHANG | __WALL);
 }
 
-static int await_ready(int ready_fd, struct pu_failure *why)
+/* 0: the init runs; 1: the SUSPENDED child asks for a start unsuspended (child_needs_timeout);
+ * -1: failed, *WHY says why. */
+static int await_ready(int ready_fd, int suspended, struct pu_failure *why)
 {
     struct child_report report;
     ssize_t got;
@@ -495,6 +779,8 @@ static int await_ready(int ready_fd, struct pu_failure *why)
     } while (got < 0 && errno == EINTR);
     if (got == 1 && ((const char *)&report)[0] == PU_INIT_READY)
         return 0;
+    if (got == (ssize_t)sizeof report && report.step == CHILD_NEEDS_TIMEOUT && suspended)
+        return 1;
     if (got == (ssize_t)sizeof report && report.step >= 0 && report.step < STEP_COUNT)
         return fail(why, CHILD_STEP_NAMES[report.step], report.err);
     if (got < 0)
@@ -502,25 +788,50 @@ static int await_ready(int ready_fd, struct pu_failure *why)
     return fail(why, "starting the session init (it exited before it was ready)", ECHILD);
 }
 
-/* fork() into new PID and mount namespaces, with a pidfd for the child. clone3 first; the old
- * clone() where clone3 is refused with ENOSYS (seccomp profiles of some container runtimes,
- * valgrind). */
-static long clone_init(int *pidfd)
+static int child_main(void *start)
 {
-    const unsigned long flags = CLONE_NEWPID | CLONE_NEWNS | CLONE_PIDFD;
-    struct clone_args args;
-    long pid;
+    become_init(start);
+}
 
-    memset(&args, 0, sizeof args);
-    args.flags = flags;
-    args.pidfd = (uint64_t)(uintptr_t)pidfd;
-    args.exit_signal = 0;
-    pid = syscall(SYS_clone3, &args, sizeof args);
-    if (pid < 0 && errno == ENOSYS) {
-        /* Exit signal 0 in the low byte; CLONE_PIDFD stores the fd through parent_tid. No new
-         * stack: like fork(), the child runs on a copy of ours. */
-        pid = syscall(SYS_clone, flags, NULL, pidfd, NULL, NULL);
-    }
+/* A new process in new PID and mount namespaces, with a pidfd for it, running on STACK.
+ *
+ * START->suspended: it shares the caller's memory until it execs the init (CLONE_VM |
+ * CLONE_VFORK, as posix_spawn does), with no copy of the caller's page tables at the clone and
+ * no teardown of that copy at the exec: most of what a login cost before. The caller is suspended
+ * meanwhile, so the child touches nothing the caller uses at the same time; it calls no
+ * allocator and nothing that takes a lock, and it does nothing that can block for good (see
+ * child_needs_timeout): the caller cannot time it out.
+ *
+ * Otherwise, like fork(): the child works on a copy, and the caller waits with a timeout.
+ *
+ * All signals are blocked around the clone: no handler of the caller's may run in the child. */
+static long clone_init(struct child_start *start, char *stack, size_t stack_size, int *pidfd)
+{
+    const int flags = CLONE_NEWPID | CLONE_NEWNS | CLONE_PIDFD |
+                      (start->suspended ? CLONE_VM | CLONE_VFORK : 0);
+    sigset_t all, saved;
+    uid_t real, effective, saved_uid;
+    int borrowed_real_uid = 0;
+    long pid;
+    int err;
+
+    /* su and sudo run setuid from the user's shell, so the caller's real uid is the user's, and
+     * a child born with it can be killed or stopped by that user until it takes uid 0: killed,
+     * the session falls to onerr (with onerr=succeed, no namespace). The child is born root's:
+     * the calling thread alone (the raw system call, not glibc's process-wide setresuid) holds
+     * real uid 0 across the clone. */
+    if (getresuid(&real, &effective, &saved_uid) == 0 && real != 0 && effective == 0)
+        borrowed_real_uid = syscall(PU_SYS_SETRESUID, 0, -1, -1) == 0;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &saved);
+    /* Exit signal 0 (the low byte of FLAGS); CLONE_PIDFD stores the pidfd through parent_tid. */
+    pid = clone(child_main, stack + stack_size, flags, start, pidfd, NULL, NULL);
+    err = errno;
+    pthread_sigmask(SIG_SETMASK, &saved, NULL);
+    /* Cannot fail: the effective uid is 0. */
+    if (borrowed_real_uid)
+        syscall(PU_SYS_SETRESUID, real, -1, -1);
+    errno = err;
     return pid;
 }
 
@@ -558,23 +869,77 @@ static void init_session(struct pu_session *session, const struct pu_options *op
     session->kill_on_close = opts->on_logout == PU_ON_LOGOUT_KILL && opts->scope == PU_SCOPE_SESSION;
 }
 
-/* Hands FD over to a new owner: the cleanup attribute of its old home then closes nothing. */
-static int steal_fd(int *fd)
+/* The clone child's stack. Mapped for each login and unmapped once the child is done with it:
+ * only the few pages the child touches are ever allocated, and the caller (su lives as long as
+ * the session) keeps none of them; a guard page below catches an overflow, which would otherwise
+ * write into the caller's memory. Under AddressSanitizer the stack is an array in the caller's
+ * frame instead: ASan knows that one, and a noreturn call on a stack it does not know (the
+ * child's _exit) makes it print a warning and drop its checks. */
+struct child_stack {
+    char *base;
+    size_t size;
+#if defined(__SANITIZE_ADDRESS__)
+    char frame[CHILD_STACK_SIZE] __attribute__((aligned(16)));
+#endif
+};
+
+static int child_stack_map(struct child_stack *stack)
 {
-    int stolen = *fd;
-    *fd = -1;
-    return stolen;
+#if defined(__SANITIZE_ADDRESS__)
+    stack->base = stack->frame;
+    stack->size = sizeof stack->frame;
+    return 0;
+#else
+    long page = sysconf(_SC_PAGESIZE);
+    size_t total = CHILD_STACK_SIZE + (size_t)page;
+    char *mapped = mmap(NULL, total, PROT_READ | PROT_WRITE,
+                        MAP_PRIVATE | MAP_ANONYMOUS | MAP_STACK | MAP_NORESERVE, -1, 0);
+
+    if (mapped == MAP_FAILED)
+        return -1;
+    if (mprotect(mapped, (size_t)page, PROT_NONE) < 0) {
+        int err = errno;
+        munmap(mapped, total);
+        errno = err;
+        return -1;
+    }
+    stack->base = mapped + page;
+    stack->size = CHILD_STACK_SIZE;
+    return 0;
+#endif
 }
 
-/* Starts PID 1 in new namespaces and joins them; LISTEN_PATH (NULL: none) is the socket on which
- * it accepts later sessions of the same user, SLOT (-1: none) the quota slot it holds. */
-static int start_namespace(const struct pu_options *opts, const char *listen_path, int slot,
-                           struct pu_session *session, struct pu_failure *why)
+static void child_stack_unmap(struct child_stack *stack)
+{
+#if !defined(__SANITIZE_ADDRESS__)
+    if (stack->base != NULL) {
+        long page = sysconf(_SC_PAGESIZE);
+        munmap(stack->base - page, stack->size + (size_t)page);
+    }
+#endif
+    stack->base = NULL;
+}
+
+/* Whether the caller's address space or data size is limited (rlimits the user may have set). */
+static int user_limits_memory(void)
+{
+    struct rlimit as, data;
+
+    return (getrlimit(RLIMIT_AS, &as) == 0 && as.rlim_cur != RLIM_INFINITY) ||
+           (getrlimit(RLIMIT_DATA, &data) == 0 && data.rlim_cur != RLIM_INFINITY);
+}
+
+/* One try of start_namespace, with the caller suspended during the child's work or not (see
+ * clone_init). 0: started and joined; 1: the child asks for a try unsuspended; -1: failed. */
+static int try_start(const struct pu_options *opts, const char *listen_path, int slot,
+                     int suspended, struct pu_session *session, struct pu_failure *why)
 {
     autoclose int lifeline_read = -1, lifeline_write = -1, ready_read = -1, ready_write = -1;
     autoclose int pidfd = -1;
-    int fds[2];
+    int fds[2], rc;
     long pid, started, cloned, ready;
+    struct child_stack stack;
+    struct child_start start;
 
     if (pipe2(fds, O_CLOEXEC) < 0)
         return fail(why, "creating the session lifeline pipe", errno);
@@ -584,26 +949,42 @@ static int start_namespace(const struct pu_options *opts, const char *listen_pat
         return fail(why, "creating the session ready pipe", errno);
     ready_read = fds[0];
     ready_write = fds[1];
+    memset(&start, 0, sizeof start);
+    start.opts = opts;
+    start.fds = (struct init_fds){.lifeline = lifeline_read, .ready = ready_write, .listener = -1,
+                                  .program = -1, .slot = slot};
+    start.listen_path = listen_path;
+    start.suspended = suspended;
+    snprintf(start.max_joined, sizeof start.max_joined, "%d",
+             opts->max_sessions > 0 ? opts->max_sessions : PU_INIT_MAX_JOINED);
 
     /* A fresh child in fresh namespaces: the caller itself changes only at the very end, in one
      * atomic setns(), so a failure anywhere before leaves it untouched. exit_signal 0 keeps the
      * init out of callers' SIGCHLD handlers and waitpid(-1) loops. */
     started = monotonic_us();
-    pid = clone_init(&pidfd);
-    if (pid == 0) {
-        struct init_fds given = {.lifeline = lifeline_read, .ready = ready_write, .listener = -1,
-                                 .program = -1, .slot = slot};
-        become_init(opts, given, listen_path);
+    if (child_stack_map(&stack) < 0) {
+        /* The caller's RLIMIT_AS and RLIMIT_DATA are the user's (ulimit -v, -d before su): a
+         * limit that leaves no room for the stack must not hand the session to onerr. */
+        if (errno == ENOMEM && user_limits_memory())
+            return refuse(why, "mapping the stack of the clone child (the user's limits)",
+                          ENOMEM);
+        return fail(why, "mapping the stack of the clone child", errno);
     }
-    if (pid < 0)
+    pid = clone_init(&start, stack.base, stack.size, &pidfd);
+    if (pid < 0) {
+        child_stack_unmap(&stack);
         return fail(why, "creating the PID and mount namespaces", errno);
+    }
     cloned = monotonic_us();
+    /* Suspended, the child has exec'd or died by now; otherwise it runs on a copy. */
+    child_stack_unmap(&stack);
     close_if_open(&lifeline_read);
     close_if_open(&ready_write);
 
-    if (await_ready(ready_read, why) < 0) {
+    rc = await_ready(ready_read, suspended, why);
+    if (rc != 0) {
         discard_init(pidfd);
-        return -1;
+        return rc;
     }
     ready = monotonic_us();
     if (join_namespaces(pidfd, why) < 0) {
@@ -611,12 +992,33 @@ static int start_namespace(const struct pu_options *opts, const char *listen_pat
         return -1;
     }
     session->clone_us = cloned - started;
+    session->suspended = suspended;
+    if (suspended) {
+        for (int phase = 0; phase < PU_PHASE_EXEC; phase++)
+            session->phase_us[phase] = start.phase_end_us[phase] -
+                                       (phase == 0 ? started : start.phase_end_us[phase - 1]);
+        session->phase_us[PU_PHASE_EXEC] = cloned - start.phase_end_us[PU_PHASE_EXEC - 1];
+    }
     session->ready_us = ready - cloned;
     session->join_us = monotonic_us() - ready;
     session->pidfd = steal_fd(&pidfd);
     session->lifeline_fd = steal_fd(&lifeline_write);
     session->init_pid = (pid_t)pid;
     return 0;
+}
+
+/* Starts PID 1 in new namespaces and joins them; LISTEN_PATH (NULL: none) is the socket on which
+ * it accepts later sessions of the same user, SLOT (-1: none) the quota slot it holds. The
+ * caller is suspended while the child works, unless the child must walk paths that can block
+ * (procfs mounts to cover): then it starts again, and the caller waits with a timeout. */
+static int start_namespace(const struct pu_options *opts, const char *listen_path, int slot,
+                           struct pu_session *session, struct pu_failure *why)
+{
+    int rc = try_start(opts, listen_path, slot, 1, session, why);
+
+    if (rc == 1)
+        rc = try_start(opts, listen_path, slot, 0, session, why);
+    return rc;
 }
 
 /* The caller's RLIMIT_NOFILE comes from the user (ulimit -n before su): raised for the few
@@ -666,18 +1068,13 @@ static int check_user_limits(struct pu_failure *why)
     rlim_t init_size = (rlim_t)(pu_init_blob_end - pu_init_blob);
 
     if (getrlimit(RLIMIT_NOFILE, &nofile) == 0 && nofile.rlim_cur < MIN_CALLER_FDS) {
-        *why = pu_failure_of("checking the caller's RLIMIT_NOFILE (the user's limit)", EMFILE);
-        why->refuse_always = 1;
-        return -1;
+        return refuse(why, "checking the caller's RLIMIT_NOFILE (the user's limit)", EMFILE);
     }
     if (getrlimit(RLIMIT_FSIZE, &fsize) == 0 && fsize.rlim_max < init_size) {
         /* The child raises it when it may: probe whether it may, and put it back. */
         struct rlimit raised = {fsize.rlim_cur, RLIM_INFINITY};
-        if (setrlimit(RLIMIT_FSIZE, &raised) < 0) {
-            *why = pu_failure_of("checking the caller's RLIMIT_FSIZE (the user's limit)", EFBIG);
-            why->refuse_always = 1;
-            return -1;
-        }
+        if (setrlimit(RLIMIT_FSIZE, &raised) < 0)
+            return refuse(why, "checking the caller's RLIMIT_FSIZE (the user's limit)", EFBIG);
         setrlimit(RLIMIT_FSIZE, &fsize);
     }
     return 0;
@@ -726,9 +1123,7 @@ static int take_quota_slot(int dir, uid_t uid, int max, struct pu_failure *why)
     }
     /* The user's own doing, like their rlimits: onerr=succeed must not turn it into a session
      * without a namespace. */
-    fail(why, "counting the user's sessions (max_sessions reached)", EUSERS);
-    why->refuse_always = 1;
-    return -1;
+    return refuse(why, "counting the user's sessions (max_sessions reached)", EUSERS);
 }
 
 /* scope=session: a quota slot (max_sessions), then a namespace of its own. */
@@ -789,6 +1184,7 @@ static int join_user_namespace(const char *socket_path, struct pu_session *sessi
     char answer = 0;
     autoclose int sock = -1, pidfd = -1;
     ssize_t got;
+    long joining;
 
     socket_address(&addr, socket_path);
     sock = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
@@ -809,11 +1205,8 @@ static int join_user_namespace(const char *socket_path, struct pu_session *sessi
      * other error is a failure: taken for "none", it would start a second namespace. */
     if (got < 0 && errno != ECONNRESET)
         return fail(why, "reading the answer of the user's namespace", errno);
-    if (got == 1 && answer == PU_INIT_FULL) {
-        fail(why, "joining the user's namespace (max_sessions reached)", EUSERS);
-        why->refuse_always = 1;
-        return -1;
-    }
+    if (got == 1 && answer == PU_INIT_FULL)
+        return refuse(why, "joining the user's namespace (max_sessions reached)", EUSERS);
     if (got != 1 || answer != PU_INIT_JOINED)
         return 0;
     errno = 0;
@@ -834,8 +1227,10 @@ static int join_user_namespace(const char *socket_path, struct pu_session *sessi
         return 0;
     if (got < 0)
         return fail(why, "checking that the user's namespace init is still there", errno);
+    joining = monotonic_us();
     if (join_namespaces(pidfd, why) < 0)
         return -1;
+    session->join_us = monotonic_us() - joining;
     session->pidfd = steal_fd(&pidfd);
     session->lifeline_fd = steal_fd(&sock);
     session->init_pid = peer.pid;
@@ -846,7 +1241,8 @@ static int join_user_namespace(const char *socket_path, struct pu_session *sessi
 static int join_or_start(const struct pu_options *opts, int dir, uid_t uid,
                          struct pu_session *session, struct pu_failure *why)
 {
-    char socket_name[64], socket_path[128];
+    /* No longer than a socket address holds (108 bytes): then nothing is cut when it is bound. */
+    char socket_name[64], socket_path[sizeof(((struct sockaddr_un *)0)->sun_path)];
     int rc;
 
     snprintf(socket_name, sizeof socket_name, "user-%u.sock", (unsigned)uid);
@@ -906,6 +1302,35 @@ int pu_session_end(struct pu_session *session, struct pu_failure *why)
      * one and (linger) the namespace is empty. */
     pu_session_release(session);
     return rc;
+}
+
+void pu_session_timing(const struct pu_session *session, char *text, size_t size)
+{
+    size_t used = 0;
+    int n;
+
+    if (session->clone_us == 0) { /* scope=user: joined a namespace that runs */
+        snprintf(text, size, "joined the user's namespace, join %ld us", session->join_us);
+        return;
+    }
+    if (!session->suspended) { /* procfs mounts to cover: a copy, no timing of its phases */
+        snprintf(text, size, "child %ld us (not suspended: procfs mounts to cover), "
+                 "init ready %ld us, join %ld us", session->clone_us, session->ready_us,
+                 session->join_us);
+        return;
+    }
+    n = snprintf(text, size, "child %ld us (", session->clone_us);
+
+    for (int phase = 0; phase < PU_PHASE_COUNT && n >= 0 && (size_t)n < size - used; phase++) {
+        used += (size_t)n;
+        n = snprintf(text + used, size - used, "%s%s %ld", phase ? ", " : "", PHASE_NAMES[phase],
+                     session->phase_us[phase]);
+    }
+    if (n >= 0 && (size_t)n < size - used) {
+        used += (size_t)n;
+        snprintf(text + used, size - used, "), init ready %ld us, join %ld us",
+                 session->ready_us, session->join_us);
+    }
 }
 
 void pu_session_release(struct pu_session *session)

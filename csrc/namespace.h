@@ -2,6 +2,7 @@
 #ifndef PAM_UNSHARE_NAMESPACE_H
 #define PAM_UNSHARE_NAMESPACE_H
 
+#include <stddef.h>
 #include <sys/types.h>
 
 #include "options.h"
@@ -21,6 +22,19 @@ static inline struct pu_failure pu_failure_of(const char *step, int err)
     return (struct pu_failure){.step = step, .err = err, .refuse_always = 0};
 }
 
+/* The clone child's phases, timed for the debug line (pu_session_timing). */
+enum pu_phase {
+    PU_PHASE_CLONE,       /* the clone itself: new PID namespace, copy of the mount table */
+    PU_PHASE_IDENTITY,    /* uid, gid, limits, inherited descriptors closed */
+    PU_PHASE_MOUNTS,      /* propagation of /, the session's /proc */
+    PU_PHASE_PROCFS,      /* the other procfs mounts found and covered */
+    PU_PHASE_PROGRAM,     /* the init program opened */
+    PU_PHASE_DESCRIPTORS, /* the init's directory, socket and descriptors */
+    PU_PHASE_PRIVILEGES,  /* groups, securebits, bounding set, no_new_privs */
+    PU_PHASE_EXEC,        /* the exec, until the caller runs again */
+    PU_PHASE_COUNT
+};
+
 struct pu_session {
     int pidfd;        /* the session's PID 1 */
     int lifeline_fd;  /* the only write end of PID 1's lifeline; closing it ends the session */
@@ -29,8 +43,11 @@ struct pu_session {
     int on_logout;     /* enum pu_on_logout */
     int kill_on_close; /* on_logout=kill with scope=session: close SIGKILLs PID 1 */
     /* Where a login's time went, for the debug line (microseconds): the clone into new
-     * namespaces, the child's work until its init runs, the caller's setns. */
+     * namespaces with the child's work until it execs the init (the caller is suspended
+     * meanwhile), split into phases; the init's start until it is ready; the caller's setns. */
     long clone_us, ready_us, join_us;
+    long phase_us[PU_PHASE_COUNT];
+    int suspended; /* the caller was suspended during the child's phases (their times are known) */
 };
 
 /* Starts a PID 1 in new PID and mount namespaces (propagation set, fresh /proc mounted), waits
@@ -52,6 +69,9 @@ int pu_session_start_user(const struct pu_options *opts, uid_t uid, struct pu_se
  * (so the kernel kills everything in the namespace); otherwise lets go of the lifeline, and PID 1
  * leaves once no session holds one and (linger) the namespace is empty. */
 int pu_session_end(struct pu_session *session, struct pu_failure *why);
+
+/* The debug line's account of where the start of SESSION went, into TEXT. */
+void pu_session_timing(const struct pu_session *session, char *text, size_t size);
 
 /* Closes the descriptors without ending anything: for forked copies and PAM data cleanup. */
 void pu_session_release(struct pu_session *session);

@@ -9,7 +9,7 @@ import re
 from dataclasses import dataclass
 from typing import Dict, List, Tuple
 
-from pam_unshare import options, pamd, system
+from pam_unshare import options, pamd, paths, system
 from pam_unshare.stacks import Entry, PamTree, StackError
 
 # Session modules that need the caller's /proc/self, which it loses once pam_unshare has run.
@@ -97,11 +97,11 @@ def _module_findings(tree: PamTree, name: str, rule: pamd.Rule,
         found.append(Finding(True, where, f'group "{group}" does not exist (in only_groups it '
                              f"refuses every session under onerr=fail; in exempt_groups it "
                              f"exempts nobody)", "options", name))
-    resolved = system.resolve_module(rule.module)
+    resolved = paths.resolve_module(rule.module)
     problem = None
     if resolved is None:
         reason: str | None = (f"{rule.module} cannot be found: no PAM module directory (no "
-                              f"{system.REFERENCE_MODULE} found)")
+                              f"{paths.REFERENCE_MODULE} found)")
     else:
         if str(resolved) not in cache:
             cache[str(resolved)] = system.module_problem(resolved)

@@ -156,7 +156,7 @@ def _status(args: argparse.Namespace) -> int:
     facts = status.collect(args.pam_dir,
                            args.unit_dir or usermanager.unit_dir_for(args.pam_dir))
     if args.json:
-        print(json.dumps(facts, indent=2))
+        print(json.dumps(facts.as_dict(), indent=2))
     else:
         sys.stdout.write(render.status_text(facts))
     return 0

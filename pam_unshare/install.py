@@ -28,10 +28,10 @@ def _destination(dest: Path | None, command: str) -> Path:
         if os.geteuid() != 0:
             raise NeedsRoot(f"{command} must run as root: the module goes into the system's "
                             f"PAM module directory, owned by root (or pass --dest DIR)")
-        directory = system.module_dir()
+        directory = paths.module_dir()
         if directory is None:
-            raise Failed(f"no PAM module directory found (no {system.REFERENCE_MODULE} in "
-                         f"{', '.join(system.module_dir_candidates()[:6])}); pass --dest DIR")
+            raise Failed(f"no PAM module directory found (no {paths.REFERENCE_MODULE} in "
+                         f"{', '.join(paths.module_dir_candidates()[:6])}); pass --dest DIR")
         return directory
     if not dest.is_dir():
         raise Refused(f"{dest}: no such directory")
@@ -105,8 +105,8 @@ def uninstall(pam_dir: Path, dest: Path | None = None) -> Path | None:
         raise Refused(f"{target} is the module this pam-unshare manages, installed by the "
                       f"libpam-unshare package: remove that package instead (its prerm takes "
                       f"every line naming the module out of /etc/pam.d first)")
-    in_system_dir = dest is None or (system.module_dir() is not None and
-                                     os.path.samefile(directory, system.module_dir()))
+    in_system_dir = dest is None or (paths.module_dir() is not None and
+                                     os.path.samefile(directory, paths.module_dir()))
     still = users(pam_dir, target, in_system_dir)
     if still:
         services = sorted({entry.split(":")[0].split(" ")[0] for entry in still})

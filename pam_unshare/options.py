@@ -18,12 +18,13 @@ _SCOPE = {lib.PU_SCOPE_SESSION: "session", lib.PU_SCOPE_USER: "user"}
 class Options:
     """The settings the module would run with. A list that was not given is None."""
 
-    debug: bool
+    # In the order `status --json` has always shown them.
     onerr: str
     propagation: str
     on_logout: str
     scope: str
     max_sessions: int  # 0: no limit
+    debug: bool
     exempt_users: Tuple[str, ...] | None
     exempt_groups: Tuple[str, ...] | None
     only_groups: Tuple[str, ...] | None

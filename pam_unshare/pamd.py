@@ -257,6 +257,20 @@ def with_session_line(text: str, line: str) -> str:
     return "".join(lines)
 
 
+def with_arguments(text: str, arguments: Sequence[str]) -> str:
+    """TEXT with ARGUMENTS as the arguments of every line of ours, each keeping its type, control
+    and module path (a test host's lines, whatever the admin wrote there). Nothing else changes."""
+    pam = parse(text)
+    lines = list(pam.lines)
+    for rule in reversed(pam.ours()):
+        kind = ("-" if rule.silent else "") + rule.type
+        last = lines[rule.last]
+        lines[rule.first:rule.last + 1] = [
+            " ".join([kind, rule.control, rule.module, *arguments])
+            + last[len(last.rstrip("\r\n")):]]
+    return "".join(lines)
+
+
 def without_session_line(text: str) -> str:
     """TEXT without any line of ours: after with_session_line, the original bytes."""
     pam = parse(text)

@@ -9,14 +9,19 @@ import fcntl
 import os
 import time
 from dataclasses import dataclass
-from typing import List, Tuple
+from typing import Callable, Dict, List, Tuple, TypeVar
 
 from pam_unshare import linux
 
-# What the session init calls itself (csrc/init/protocol.h): comm, and argv[0].
+# The session init's side of csrc/init/protocol.h (tests/unit/test_protocol.py holds them equal):
+# its comm, argv[0], and the words of argv[1] (logout mode) and argv[2] (scope=user).
 INIT_COMM = "pam_unshare"
 INIT_ARGV0 = "pam_unshare-init"
+INIT_LINGER = "linger"
+INIT_KILL = "kill"
+INIT_USER = "user"
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -56,17 +61,48 @@ def read_bytes(path: str) -> bytes:
         return handle.read()
 
 
+@dataclass(frozen=True)
+class Stat:
+    """The fields of /proc/PID/stat that anything here asks about (proc(5))."""
+
+    comm: str
+    state: str  # field 3
+    ppid: int  # field 4
+    flags: int  # field 9: task->flags (PF_EXITING: it has called exit)
+    cpu_ticks: int  # fields 14 + 15: utime + stime
+    children_ticks: int  # fields 16 + 17: cutime + cstime, its reaped children's
+    start: int  # field 22: clock ticks after boot; with pid, the process's identity
+
+
+# task->flags: the process has called exit (it may still wait for its namespace to empty).
+PF_EXITING = 0x4
+
+
+def parse_stat(text: str) -> Stat:
+    """One /proc/PID/stat line. comm may hold blanks and parentheses: it ends at the last ")"."""
+    fields = text[text.rindex(")") + 2:].split()  # fields[0] is field 3 of proc(5)
+    return Stat(comm=text[text.index("(") + 1:text.rindex(")")], state=fields[0],
+                ppid=int(fields[1]), flags=int(fields[6]),
+                cpu_ticks=int(fields[11]) + int(fields[12]),
+                children_ticks=int(fields[13]) + int(fields[14]), start=int(fields[19]))
+
+
+def read_stat(pid: int | str) -> Stat | None:
+    """/proc/PID/stat, or None once PID is gone."""
+    try:
+        return parse_stat(read_bytes(f"/proc/{pid}/stat").decode(errors="replace"))
+    except OSError:
+        return None
+
+
 def read_process(pid: int) -> Process | None:
     """PID as the host sees it, or None once it is gone."""
     try:
-        stat = read_bytes(f"/proc/{pid}/stat").decode(errors="replace")
+        stat = parse_stat(read_bytes(f"/proc/{pid}/stat").decode(errors="replace"))
         status = read_bytes(f"/proc/{pid}/status").decode(errors="replace")
         raw_argv = read_bytes(f"/proc/{pid}/cmdline")
     except (FileNotFoundError, ProcessLookupError):
         return None
-    # comm may hold blanks and parentheses: it ends at the last ")".
-    comm = stat[stat.index("(") + 1:stat.rindex(")")]
-    fields = stat[stat.rindex(")") + 2:].split()  # fields[0] is field 3 of proc(5)
     uid, nspid, uids = -1, (pid,), ()
     for line in status.splitlines():
         if line.startswith("Uid:"):
@@ -74,25 +110,56 @@ def read_process(pid: int) -> Process | None:
             uid = uids[0]
         elif line.startswith("NSpid:"):
             nspid = tuple(int(value) for value in line.split()[1:])
+    return Process(pid=pid, ppid=stat.ppid, uid=uid, state=stat.state, start=stat.start,
+                   comm=stat.comm, argv=_argv(raw_argv), nspid=nspid,
+                   namespace=pid_namespace(pid), uids=uids)
+
+
+def _argv(raw: bytes) -> Tuple[str, ...]:
+    return tuple(arg.decode(errors="replace") for arg in raw.split(b"\0")[:-1])
+
+
+def cmdline(pid: int) -> List[str]:
+    """PID's argv, [] once it is gone (or for a kernel thread)."""
+    try:
+        return list(_argv(read_bytes(f"/proc/{pid}/cmdline")))
+    except OSError:
+        return []
+
+
+def pid_namespace(pid: int | str) -> int | None:
+    """The inode of PID's PID namespace; None when it is gone or (the host's init seen from a
+    container) not readable."""
     try:
         link = os.readlink(f"/proc/{pid}/ns/pid")
-        namespace: int | None = int(link[link.index("[") + 1:link.rindex("]")])
+        return int(link[link.index("[") + 1:link.rindex("]")])
     except (OSError, ValueError):
-        namespace = None
-    argv = tuple(arg.decode(errors="replace") for arg in raw_argv.split(b"\0")[:-1])
-    return Process(pid=pid, ppid=int(fields[1]), uid=uid, state=fields[0],
-                   start=int(fields[19]), comm=comm, argv=argv, nspid=nspid,
-                   namespace=namespace, uids=uids)
+        return None
 
 
-def processes() -> List[Process]:
+def status_fields(pid: int) -> Dict[str, str]:
+    """/proc/PID/status as name -> value (as written: "Uid" -> "0\t0\t0\t0")."""
+    text = read_bytes(f"/proc/{pid}/status").decode(errors="replace")
+    return dict(line.split(":\t", 1) for line in text.splitlines() if ":\t" in line)
+
+
+def processes(read: Callable[[int], T | None] = read_process) -> List[T]:
+    """Every process READ (by default read_process) returns, skipping those gone meanwhile."""
     found = []
     for name in os.listdir("/proc"):
         if name.isdigit():
-            process = read_process(int(name))
+            process = read(int(name))
             if process is not None:
                 found.append(process)
     return found
+
+
+def environ(pid: int) -> List[bytes]:
+    """PID's environment as NAME=VALUE strings, [] once it is gone or unreadable."""
+    try:
+        return read_bytes(f"/proc/{pid}/environ").split(b"\0")
+    except OSError:
+        return []
 
 
 def boot_time() -> float:

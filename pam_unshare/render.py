@@ -9,6 +9,8 @@ from typing import Dict, List, Sequence
 from pam_unshare import pamd
 from pam_unshare.services import Change
 from pam_unshare.sessions import Member, Session
+from pam_unshare.status import ModuleFacts, Status
+from pam_unshare.system import KernelSupport
 
 _ESCAPES = {"\\": "\\\\", "\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
@@ -83,62 +85,60 @@ def session_tree(session: Session) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _module_lines(module: Dict) -> List[str]:
-    built = module["built"]
-    lines = [f"module:    pam-unshare {module['version']}, built "
-             + (f"{built['path']} (sha256 {built['sha256'][:16]})" if built["path"]
+def _module_lines(module: ModuleFacts) -> List[str]:
+    built = module.built
+    lines = [f"module:    pam-unshare {module.version}, built "
+             + (f"{built.path} (sha256 {(built.sha256 or '')[:16]})" if built.path
                 else "module missing (reinstall the package: pip install .)")]
-    installed = module["installed"]
+    installed = module.installed
     if installed is None:
         lines.append("           no PAM module directory found (no pam_unix.so)")
-    elif not installed["present"]:
-        lines.append(f"           not installed in {module['module_dir']} "
-                     f"(pam-unshare install)")
+    elif not installed.present:
+        lines.append(f"           not installed in {module.module_dir} (pam-unshare install)")
     else:
-        same = ("same as the built module" if installed["same_as_built"]
-                else f"DIFFERS from the built module (sha256 {(installed['sha256'] or '')[:16]})")
-        lines.append(f"           installed {installed['path']}: {same}")
-        if installed["problem"]:
-            lines.append(f"           PROBLEM: {installed['problem']}")
+        same = ("same as the built module" if installed.same_as_built
+                else f"DIFFERS from the built module (sha256 {(installed.sha256 or '')[:16]})")
+        lines.append(f"           installed {installed.path}: {same}")
+        if installed.problem:
+            lines.append(f"           PROBLEM: {installed.problem}")
     return lines
 
 
-def _enabled_lines(status: Dict) -> List[str]:
-    lines = [f"enabled in {status['pam_dir']}:"]
-    if not status["enabled"]:
+def _enabled_lines(status: Status) -> List[str]:
+    lines = [f"enabled in {status.pam_dir}:"]
+    if not status.enabled:
         lines.append("  (no service)")
     rows = []
-    for entry in status["enabled"]:
-        where = f"through {entry['via']}" if entry["via"] else f"line {entry['line']}"
-        shown = " ".join(entry["options"]) or "(defaults)"
-        if entry["module"] != pamd.MODULE_TOKEN:
-            shown += f"  [module {entry['module']}]"
-        rows.append(("  " + entry["service"], where, shown))
+    for entry in status.enabled:
+        where = f"through {entry.via}" if entry.via else f"line {entry.line}"
+        shown = " ".join(entry.options) or "(defaults)"
+        if entry.module != pamd.MODULE_TOKEN:
+            shown += f"  [module {entry.module}]"
+        rows.append(("  " + entry.service, where, shown))
     if rows:
         lines += table(rows).splitlines()
     return lines
 
 
-def _kernel_line(kernel: Dict) -> str:
-    release = "ok" if kernel["release_ok"] else "TOO OLD, 5.8 or later needed"
-    limit = kernel["max_pid_namespaces"]
-    return (f"kernel:    {kernel['release']} ({release}), user.max_pid_namespaces "
+def _kernel_line(kernel: KernelSupport) -> str:
+    release = "ok" if kernel.release_ok else "TOO OLD, 5.8 or later needed"
+    limit = kernel.max_pid_namespaces
+    return (f"kernel:    {kernel.release} ({release}), user.max_pid_namespaces "
             f"{'unknown' if limit is None else limit}{' (DISABLED)' if limit == 0 else ''}, "
-            f"/ is {kernel['root_propagation']}, new PID+mount namespaces: {kernel['unshare']}")
+            f"/ is {kernel.root_propagation}, new PID+mount namespaces: {kernel.unshare}")
 
 
-def status_text(status: Dict) -> str:
-    lines = _module_lines(status["module"])
+def status_text(status: Status) -> str:
+    lines = _module_lines(status.module)
     lines += _enabled_lines(status)
-    lines.append(_kernel_line(status["kernel"]))
-    uncovered = status["uncovered"]
-    if uncovered:
+    lines.append(_kernel_line(status.kernel))
+    if status.uncovered:
         lines.append("not covered (these start user sessions outside any namespace):")
-        lines += table([("  " + u["service"], u["what"], f"close: {u['close']}")
-                        for u in uncovered]).splitlines()
+        lines += table([("  " + u.service, u.what, f"close: {u.close}")
+                        for u in status.uncovered]).splitlines()
     else:
         lines.append("coverage:  every session-opening service on this host runs the module")
-    problems, warnings = len(status["problems"]), len(status["warnings"])
+    problems, warnings = len(status.problems), len(status.warnings)
     if problems or warnings:
         lines.append(f"check:     {problems} problem{'s' * (problems != 1)}, {warnings} "
                      f"warning{'s' * (warnings != 1)} (pam-unshare check lists them)")

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Literal, Sequence, Set
 
-from pam_unshare import audit, options, pamd, system
+from pam_unshare import audit, options, pamd, paths, system
 from pam_unshare.errors import Failed, NeedsRoot, Refused
 from pam_unshare.stacks import PamTree, StackError, is_service_name, vendor_dir_for
 
@@ -68,7 +68,7 @@ def validate_module(module: str) -> None:
     if any(c.isspace() or c in "#[]\\" for c in module):
         raise Refused(f'--module "{module}" has a blank or one of # [ ] \\, which PAM would '
                       f"not read back as one module path")
-    resolved = system.resolve_module(module)
+    resolved = paths.resolve_module(module)
     if resolved is None:
         raise Refused(f"cannot tell where PAM loads {module} from (no PAM module directory "
                       f"found); pass --module /absolute/path/{pamd.MODULE_TOKEN}")

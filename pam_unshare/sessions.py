@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass
 from typing import Dict, List, Sequence, Set, Tuple
 
-from pam_unshare import linux
+from pam_unshare import linux, proc
 from pam_unshare.errors import Failed, NeedsRoot, Refused
 from pam_unshare.proc import (
     CLOCK_TICKS,
@@ -163,8 +163,8 @@ def _session_of(init: Process, table: List[Process], by_pid: Dict[int, Process],
         service=_guess_service(caller),
         caller=caller,
         started=boot + init.start / CLOCK_TICKS,
-        on_logout=init.argv[1] if len(init.argv) > 1 else "linger",
-        scope="user" if len(init.argv) > 2 and init.argv[2] == "user" else "session",
+        on_logout=init.argv[1] if len(init.argv) > 1 else proc.INIT_LINGER,
+        scope="user" if len(init.argv) > 2 and init.argv[2] == proc.INIT_USER else "session",
         members=tuple(members),
         logins=logins,
     )

@@ -1,79 +1,21 @@
-"""This host: where PAM loads modules from, what a module file is, and whether the kernel can
+"""This host: what a module file is (where PAM loads it from: paths), and whether the kernel can
 give sessions their own PID and mount namespaces. Read-only (the probe's namespaces die with it).
 """
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import os
-import platform
-import shutil
 import stat
-import subprocess
-import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List
 
-from pam_unshare import elf, linux, paths, trust
+from pam_unshare import elf, forked, linux, trust
 
-# The module every PAM installation has; the directory that holds it is where PAM resolves a
-# module given by name only.
-REFERENCE_MODULE = "pam_unix.so"
 # What PAM looks up in a session module.
 MODULE_FUNCTIONS = ("pam_sm_open_session", "pam_sm_close_session")
 MIN_KERNEL = (5, 8)  # setns() with a pidfd
-_TRIPLETS = {"x86_64": "x86_64-linux-gnu", "aarch64": "aarch64-linux-gnu",
-             "armv7l": "arm-linux-gnueabihf", "i686": "i386-linux-gnu",
-             "ppc64le": "powerpc64le-linux-gnu", "s390x": "s390x-linux-gnu",
-             "riscv64": "riscv64-linux-gnu"}
-
-
-def _multiarch() -> str:
-    return sysconfig.get_config_var("MULTIARCH") or _TRIPLETS.get(platform.machine(), "")
-
-
-def module_dir_candidates() -> List[str]:
-    triplet = _multiarch()
-    candidates = [f"/usr/lib/{triplet}/security", f"/lib/{triplet}/security"] if triplet else []
-    candidates += ["/usr/lib64/security", "/lib64/security", "/usr/lib/security", "/lib/security"]
-    candidates += sorted(glob.glob("/usr/lib/*/security")) + sorted(glob.glob("/lib/*/security"))
-    return list(dict.fromkeys(candidates))
-
-
-def _from_dpkg() -> str | None:
-    if shutil.which("dpkg") is None:
-        return None
-    result = subprocess.run(["dpkg", "-L", "libpam-modules"], capture_output=True, text=True,
-                            check=False)
-    for line in result.stdout.splitlines():
-        if line.endswith("/" + REFERENCE_MODULE) and os.path.isfile(line):
-            return os.path.dirname(line)
-    return None
-
-
-def module_dir() -> Path | None:
-    """The directory PAM loads modules from: where pam_unix.so lives. None if not found."""
-    for candidate in module_dir_candidates():
-        if os.path.isfile(os.path.join(candidate, REFERENCE_MODULE)):
-            return Path(candidate)
-    found = _from_dpkg()
-    return Path(found) if found else None
-
-
-def installed_path(dest: Path | None = None) -> Path | None:
-    """Where `install` puts the module: DEST, or the system's module directory."""
-    directory = dest if dest is not None else module_dir()
-    return directory / paths.MODULE_NAME if directory is not None else None
-
-
-def resolve_module(module: str) -> Path | None:
-    """The file PAM loads for a module path as written in a PAM file."""
-    if module.startswith("/"):
-        return Path(module)
-    directory = module_dir()
-    return directory / module if directory is not None else None
 
 
 def selinux_enabled() -> bool:
@@ -232,22 +174,10 @@ def probe_unshare() -> str:
     """Creates, in a throwaway child, the PID and mount namespaces a session gets."""
     if os.geteuid() != 0:
         return "not tried: needs root"
-    read_end, write_end = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            os.close(read_end)
-            code = _probe_child(write_end)
-        finally:
-            os._exit(code)
-    os.close(write_end)
-    with os.fdopen(read_end, "rb") as reader:
-        reason = reader.read().decode(errors="replace")
-    _, status = os.waitpid(pid, 0)
-    if os.waitstatus_to_exitcode(status) == 0:
+    reason, code = forked.run(_probe_child)
+    if code == 0:
         return "works"
-    return f"fails: {reason or 'unknown reason'}"
+    return f"fails: {reason.decode(errors='replace') or 'unknown reason'}"
 
 
 def kernel_support() -> KernelSupport:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import pwd
 import secrets
-import select
 import shutil
 import signal
 import subprocess
@@ -25,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, List, Sequence
 
-from pam_unshare import audit, probes
+from pam_unshare import audit, forked, probes
 from pam_unshare.errors import Failed, NeedsRoot, Refused
 from pam_unshare.stacks import PamTree, is_service_name
 
@@ -304,37 +303,11 @@ def _session_child(service: str, account: pwd.struct_passwd, out: int,
 
 def _probe_in_session(service: str, account: pwd.struct_passwd, env: Dict[str, str],
                       notes: List[str]) -> List[probes.ChannelResult]:
-    reader, writer = os.pipe()
-    child = os.fork()
-    if child == 0:
-        code = 1
-        try:
-            os.close(reader)
-            os.setpgid(0, 0)
-            code = _session_child(service, account, writer, env)
-        finally:
-            os._exit(code)
-    os.close(writer)
     try:
-        os.setpgid(child, child)
-    except OSError:
-        pass  # it did so itself, or is gone already
-    output = b""
-    try:
-        deadline = time.monotonic() + SESSION_DEADLINE
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise Failed(f"{service}: the probe did not end within {SESSION_DEADLINE} s")
-            ready, _, _ = select.select([reader], [], [], left)
-            if ready:
-                chunk = os.read(reader, 65536)
-                if not chunk:
-                    break
-                output += chunk
-    finally:
-        os.close(reader)
-        _reap(child)
+        output, _ = forked.run(lambda out: _session_child(service, account, out, env),
+                               timeout=SESSION_DEADLINE, own_group=True)
+    except TimeoutError:
+        raise Failed(f"{service}: the probe did not end within {SESSION_DEADLINE} s") from None
     text = output.decode(errors="replace")
     for line in text.splitlines():
         if line.startswith("verify-error\t"):
@@ -342,26 +315,6 @@ def _probe_in_session(service: str, account: pwd.struct_passwd, env: Dict[str, s
         if line.startswith("verify-note\t"):
             notes.append(f"{service}: {line.split(chr(9), 1)[1]}")
     return probes.parse(text)
-
-
-def _reap(child: int) -> None:
-    """Waits for a session child; if it is still busy (we were interrupted, or its probe hung),
-    ends its probe with SIGTERM (the child ignores it and closes its session), then SIGKILL."""
-    for signum, grace in ((None, 0.0), (signal.SIGTERM, 30.0), (signal.SIGKILL, 30.0)):
-        if signum is not None:
-            try:
-                os.killpg(child, signum)
-            except ProcessLookupError:
-                pass
-        deadline = time.monotonic() + grace
-        while True:
-            pid, _ = os.waitpid(child, os.WNOHANG)
-            if pid:
-                return
-            if time.monotonic() >= deadline:
-                break
-            time.sleep(0.05)
-    os.waitpid(child, 0)
 
 
 def _not_a_service(name: str) -> bool:

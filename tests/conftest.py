@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Dict, Iterator, Sequence
 
 import pytest
-from helpers.debian_package import (
+from pam_unshare_testsupport.debian_package import (
     BUILD_DEB,
     DEBIAN_DIR,
     PACKAGE,
@@ -27,9 +27,9 @@ from helpers.debian_package import (
     debian_version,
     project_version,
 )
-from helpers.devlog import SyslogCapture
-from helpers.entries import TEST_SERVICE, Entry, local_tools, make_entries
-from helpers.sshd import Sshd
+from pam_unshare_testsupport.devlog import SyslogCapture
+from pam_unshare_testsupport.entries import TEST_SERVICE, Entry, local_tools, make_entries
+from pam_unshare_testsupport.sshd import Sshd
 
 from pam_unshare import paths
 from pam_unshare.sandbox import Sandbox

@@ -17,8 +17,8 @@ from pathlib import Path
 from typing import List, Tuple
 
 from conftest import HOST_ROOT, require_root, require_tools
-from isolation import hostprocs
 from isolation.probes import LIST_PROCESSES, parse_processes
+from pam_unshare_testsupport import hostprocs
 
 SCRIPT = Path(sys.executable).parent / "pam-unshare"
 SU_FILE = Path("/etc/pam.d/su")

@@ -29,7 +29,9 @@ from typing import Dict, List
 
 import pytest
 from conftest import require_tools
-from helpers.debian_package import (
+from hosts.fixtures import CACHE_ENV, systemd_container_missing, unavailable
+from hosts.systemd_container import DEFAULT_CACHE_DIR, SUITE, SystemdContainer, build_rootfs
+from pam_unshare_testsupport.debian_package import (
     DEBIAN_DIR,
     PACKAGE,
     ROOT,
@@ -37,8 +39,6 @@ from helpers.debian_package import (
     project_version,
     seed_apt,
 )
-from hosts.fixtures import CACHE_ENV, systemd_container_missing, unavailable
-from hosts.systemd_container import DEFAULT_CACHE_DIR, SUITE, SystemdContainer, build_rootfs
 
 from pam_unshare import pamd
 

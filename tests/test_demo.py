@@ -19,6 +19,8 @@ from typing import Iterator, List
 import pytest
 from conftest import HOST_ROOT, require_root, require_tools
 
+from pam_unshare.proc import read_stat
+
 HOST_ETC = HOST_ROOT / "etc"
 
 
@@ -171,11 +173,8 @@ def _uid(pid: int) -> int:
 
 
 def _gone(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return True
-    return state == "Z"
+    stat = read_stat(pid)
+    return stat is None or stat.state == "Z"
 
 
 # The parent's death: the process that started the demo is killed outright.

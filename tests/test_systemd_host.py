@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from helpers.entries import IN_PTY
 from hosts.fixtures import systemd_container  # noqa: F401
 from hosts.systemd_container import SystemdContainer
+from pam_unshare_testsupport.entries import IN_PTY
 
 from pam_unshare import usermanager
 
@@ -268,7 +268,7 @@ def test_su_login_twenty_times(pam_host: PamHost) -> None:
 
 
 def test_su_login_twenty_times_tty(pam_host: PamHost) -> None:
-    """The same with a terminal (helpers/in_pty.py)."""
+    """The same with a terminal (pam_unshare_testsupport/in_pty.py)."""
     for i in range(20):
         res = pam_host.ct.run(
             ["python3", IN_PTY_DEST, "su", "-", ALICE, "-c", "cat /proc/1/comm"],

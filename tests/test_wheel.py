@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 from conftest import PamSandbox, require_root, require_tools
-from helpers.debian_package import ROOT, project_version
+from pam_unshare_testsupport.debian_package import ROOT, project_version
 
 # What the sdist is made of (MANIFEST.in and setuptools' defaults pick from these).
 SOURCES = ("csrc", "pam_unshare", "setup.py", "pyproject.toml", "README.md", "MANIFEST.in",

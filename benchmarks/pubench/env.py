@@ -17,13 +17,13 @@ import time
 from pathlib import Path
 from typing import Dict, List, Sequence, Set, Tuple
 
-from helpers.sshd import Sshd
-from isolation import hostprocs
+from pam_unshare_testsupport import hostprocs
+from pam_unshare_testsupport.devlog import DIE_WITH_PARENT, SyslogCapture
+from pam_unshare_testsupport.sshd import Sshd
 
-from pam_unshare import pamd, paths
+from pam_unshare import pamd, paths, proc
 from pam_unshare.sandbox import Sandbox, free_id
 from pubench import procs
-from pubench.devlog import DIE_WITH_PARENT, DevLog
 
 SERVICES = ("su", "sudo", "sshd")
 USER = "pu_bench"
@@ -47,7 +47,8 @@ class BenchEnv:
         self.sandbox.enter()
         # A /dev/log of our own inside the sandbox, as the tests have: the module's failure lines
         # end up in the report, and su, sudo and sshd log as they do on a host with a syslog.
-        self.syslog: DevLog | None = DevLog(self.workdir)
+        self.syslog: SyslogCapture | None = SyslogCapture(self.workdir, few_mounts=True,
+                                                           own_session=True)
         self.uid = free_id(FIRST_UID)
         self.sandbox.add_user(USER, self.uid)
         self._off_text = {service: (self.sandbox.pam_dir / service).read_text(encoding="utf-8")
@@ -138,11 +139,7 @@ class BenchEnv:
                 if seen is not None and process.start <= seen:
                     found.append(process)
                     continue
-            try:
-                with open(f"/proc/{process.pid}/environ", "rb") as handle:
-                    environment = handle.read().split(b"\0")
-            except OSError:
-                continue
+            environment = proc.environ(process.pid)
             if any(needle in environment for needle in needles):
                 found.append(process)
         return found

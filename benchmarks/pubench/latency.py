@@ -19,11 +19,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Tuple
 
+from pam_unshare.proc import INIT_COMM
 from pubench import procs
 from pubench.env import USER, BenchEnv
 
 MODES = ("off", "on")
-INIT_COMM = "pam_unshare"
 # Prints the comm of the session's PID 1: "pam_unshare" when the module namespaced the session.
 PROBE = "read c </proc/1/comm; echo \"$c\""
 

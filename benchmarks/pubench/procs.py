@@ -8,9 +8,11 @@ import os
 import select
 import time
 from dataclasses import dataclass
-from typing import Dict, Iterable, List, Set
+from typing import Dict, Iterable, Set
 
-from isolation import hostprocs
+from pam_unshare_testsupport import hostprocs
+
+from pam_unshare import proc
 
 PR_SET_CHILD_SUBREAPER = 36
 P_PID = os.P_PID
@@ -27,17 +29,6 @@ def become_subreaper() -> None:
     neither logout times nor leftover counts measure the host's init."""
     if _libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
         raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
-
-
-def _stat_fields(pid: int) -> List[str] | None:
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            stat = handle.read()
-    except OSError:
-        return None
-    comm = stat[stat.index("(") + 1:stat.rindex(")")]
-    # [0] comm, then field N of proc(5) at [N - 2]: [1] state, [2] ppid, [7] flags, [12] utime
-    return [comm, *stat[stat.rindex(")") + 2:].split()]
 
 
 def reap_orphans(keep: Iterable[int] = ()) -> int:
@@ -61,8 +52,8 @@ def reap_orphans(keep: Iterable[int] = ()) -> int:
     for name in os.listdir("/proc"):
         if not name.isdigit() or int(name) in kept:
             continue
-        fields = _stat_fields(int(name))
-        if fields is None or fields[1] != "Z" or int(fields[2]) != me:
+        stat = proc.read_stat(name)
+        if stat is None or stat.state != "Z" or stat.ppid != me:
             continue
         try:
             os.waitid(P_PID, int(name), os.WEXITED | os.WNOHANG | WALL)
@@ -105,16 +96,15 @@ class CpuUse:
 
 
 def cpu_use(pid: int) -> CpuUse:
-    fields = _stat_fields(pid)
-    if fields is None:
+    stat = proc.read_stat(pid)
+    if stat is None:
         raise ProcessLookupError(pid)
-    ticks = int(fields[12]) + int(fields[13])  # utime, stime: fields 14 and 15 of proc(5)
     with open(f"/proc/{pid}/schedstat") as handle:
         run_ns = int(handle.read().split()[0])
-    status = hostprocs.status_fields(pid)
+    status = proc.status_fields(pid)
     switches = (int(status["voluntary_ctxt_switches"])
                 + int(status["nonvoluntary_ctxt_switches"]))
-    return CpuUse(ticks, run_ns, switches)
+    return CpuUse(stat.cpu_ticks, run_ns, switches)
 
 
 def _namespace_links(kind: str) -> Set[str]:
@@ -150,7 +140,7 @@ def live_namespaces(namespaces: Iterable[int], started_by: int) -> Set[int]:
     alive = set()
     for process in hostprocs.processes():
         if process.nested and process.start <= started_by:
-            namespace = hostprocs.pid_namespace(process.pid)
+            namespace = proc.pid_namespace(process.pid)
             if namespace in wanted:
                 alive.add(namespace)
     return alive
@@ -169,9 +159,8 @@ class ExitWatch:
         self.exiting_ns: Dict[str, int] = {}  # ... when PF_EXITING (or the zombie state) showed
 
     def _exiting(self, pid: int) -> bool:
-        fields = _stat_fields(pid)
-        return fields is None or fields[1] in ("Z", "X") or bool(
-            int(fields[7]) & hostprocs.PF_EXITING)
+        stat = proc.read_stat(pid)
+        return stat is None or stat.state in ("Z", "X") or bool(stat.flags & proc.PF_EXITING)
 
     def wait(self, names: Iterable[str], timeout: float = 30.0) -> bool:
         """Until every process in NAMES has exited; False on timeout."""
@@ -204,8 +193,8 @@ class ExitWatch:
 
 def _cpu_ticks_of(pid: int) -> int:
     """utime + stime + cutime + cstime of PID: its CPU and that of its reaped children."""
-    fields = _stat_fields(pid)
-    return 0 if fields is None else sum(int(value) for value in fields[12:16])
+    stat = proc.read_stat(pid)
+    return 0 if stat is None else stat.cpu_ticks + stat.children_ticks
 
 
 class CpuMeter:

@@ -9,6 +9,8 @@ import statistics
 from pathlib import Path
 from typing import Any, Dict, List, Sequence, Tuple
 
+from pubench import breakdown, growth, join
+
 Results = Dict[str, Any]
 
 LATENCY_LABELS = {
@@ -174,7 +176,7 @@ def markdown(results: Results) -> str:
                  f"{machine.get('loadavg_end', '?')} at end; other sessions' PID 1s running at "
                  f"start: {machine['foreign_session_inits']}.")
     lines.append("")
-    if "targets" in results:
+    if results.get("targets"):
         lines += ["| target | measured | status |", "| --- | --- | --- |"]
         lines += [f"| {t['target']} | {t['figure']} | {t['status']} |"
                   for t in results["targets"]]
@@ -293,7 +295,34 @@ def markdown(results: Results) -> str:
                 f"N={n:,}: Pss {e['pss_kib']:+.0f} KiB, kernel {e['kernel_kib']:+.0f} KiB, "
                 f"MemAvailable {e['memavailable_kib']:+.0f} KiB" for n, e in extra.items()) + ".")
             lines.append("")
+    if "breakdown" in results:
+        lines += breakdown.markdown(results["breakdown"])
+    if "growth" in results:
+        lines += growth.markdown(results["growth"])
+    if "join" in results:
+        lines += join.markdown(results["join"])
     return "\n".join(lines)
+
+
+def charts(results: Results, out: Path) -> Tuple[str | None, List[Path]]:
+    """Every chart the results have data for, into OUT; why not (matplotlib missing), and
+    the files written."""
+    try:
+        import matplotlib
+    except ImportError:
+        return "matplotlib is not installed (pip install matplotlib): no charts", []
+    matplotlib.use("Agg")
+    written = []
+    if "latency" in results:
+        chart(results, out / "latency.png")
+        written.append(out / "latency.png")
+    if "breakdown" in results:
+        breakdown.chart(results["breakdown"], out / "breakdown.png")
+        written.append(out / "breakdown.png")
+    if "growth" in results:
+        growth.chart(results["growth"], out / "growth.png")
+        written.append(out / "growth.png")
+    return None, written
 
 
 def chart(results: Results, path: Path) -> str | None:

@@ -15,8 +15,9 @@ import time
 from dataclasses import dataclass
 from typing import Dict, List
 
-from isolation import hostprocs
+from pam_unshare_testsupport import hostprocs
 
+from pam_unshare.proc import INIT_COMM
 from pubench import procs
 from pubench.env import ENTRIES, BenchEnv
 
@@ -97,7 +98,7 @@ def memory_and_cpu(env: BenchEnv, idle_seconds: float) -> Dict[str, object]:
     for entry in ENTRIES:
         held = open_held(env, entry)
         try:
-            if held.init is None or held.init.comm != hostprocs.INIT_COMM:
+            if held.init is None or held.init.comm != INIT_COMM:
                 memory[entry] = {"error": f"no session PID 1 (found {held.init})"}
                 continue
             rollup = procs.smaps_rollup(held.init.pid)

@@ -222,7 +222,9 @@ static long scan_namespace(int *watched, int *n_watched, int *unsure)
 
 static int joined[MAX_JOINED];
 static int n_joined;
-static int max_joined = MAX_JOINED;
+/* Set at start: an initialised static would give the program a file-backed data page, which every
+ * exec maps and copies on write. */
+static int max_joined;
 
 /* Takes every pending joiner: each is counted (its connection is a lifeline) before it hears the
  * byte that lets it enter; past the limit (max_sessions, the first session included while its
@@ -288,6 +290,7 @@ long init_main(long *stack)
     int n_watched = 0;
     static struct pollfd fds[3 + MAX_WATCHED + MAX_JOINED];
 
+    max_joined = MAX_JOINED;
     if (listening && argc > 3) {
         long limit = pid_of_name(argv[3]);
         if (limit > 0 && limit <= MAX_JOINED)

@@ -7,8 +7,8 @@
  *
  *   PU_FAULT="NAME[=ARG][@ROLE]:N:ACTION[,...]"   or the same text in $PU_FAULT_DIR/spec
  *     NAME    a wrapped function (mount, pipe2, prctl, ...) or a system call the module makes
- *             through syscall(2): clone3, clone, close_range, execveat, pidfd_open,
- *             pidfd_send_signal
+ *             through syscall(2): close_range, execveat, listmount, pidfd_open,
+ *             pidfd_send_signal, statmount
  *     ARG     only calls whose first "selector" argument equals ARG count: the option of prctl,
  *             the command of fcntl (e.g. prctl=38 is PR_SET_NO_NEW_PRIVS, fcntl=1033 F_ADD_SEALS)
  *     ROLE    caller: only calls in the calling process; init: only in the clone child (its
@@ -24,9 +24,10 @@
  *     clone pid=PID start=TICKS pidns=INODE mntns=INODE     (each namespace child the module
  *                                                            made, seen from the caller)
  *
- * Counters live in process memory: a clone child (the session's PID 1 before it execs) inherits
- * them, so "mount:2" is the second mount of the module wherever it happens. The session init
- * itself is static and libc-free: the shim never reaches it.
+ * Counters live in process memory, which the clone child (the session's PID 1 before it execs)
+ * shares with the caller (CLONE_VM): "mount:2" is the second mount of the module wherever it
+ * happens, and a count without ROLE includes the child's calls. The session init itself is static
+ * and libc-free: the shim never reaches it.
  */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
@@ -43,6 +44,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/mount.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
@@ -101,7 +103,10 @@ static void *find_real(const char *name)
     }
 
 REAL(long, syscall, long, long, long, long, long, long, long)
+REAL(int, clone, int (*)(void *), void *, int, void *, ...)
 REAL(int, mount, const char *, const char *, const char *, unsigned long, const void *)
+REAL(void *, mmap, void *, size_t, int, int, int, off_t)
+REAL(int, mprotect, void *, size_t, int)
 REAL(int, pipe2, int *, int)
 REAL(int, memfd_create, const char *, unsigned int)
 REAL(int, setns, int, int)
@@ -109,6 +114,7 @@ REAL(int, prctl, int, unsigned long, unsigned long, unsigned long, unsigned long
 REAL(int, fcntl, int, int, long)
 REAL(ssize_t, write, int, const void *, size_t)
 REAL(ssize_t, read, int, void *, size_t)
+REAL(ssize_t, __read_chk, int, void *, size_t, size_t)
 REAL(int, poll, struct pollfd *, nfds_t, int)
 REAL(int, chdir, const char *)
 REAL(int, dup3, int, int, int)
@@ -397,8 +403,8 @@ long syscall(long number, ...)
         a[i] = va_arg(ap, long);
     va_end(ap);
     switch (number) {
-    case SYS_clone3: name = "clone3"; break;
-    case SYS_clone: name = "clone"; break;
+    case 457: name = "statmount"; break; /* SYS_statmount, newer than some build hosts' headers */
+    case 458: name = "listmount"; break;
     case SYS_close_range: name = "close_range"; break;
     case SYS_execveat: name = "execveat"; break;
     case SYS_pidfd_open: name = "pidfd_open"; break;
@@ -412,8 +418,25 @@ long syscall(long number, ...)
             return -1;
         }
     }
-    long result = get_syscall()(number, a[0], a[1], a[2], a[3], a[4], a[5]);
-    if ((number == SYS_clone3 || number == SYS_clone) && result > 0 && !in_shim) {
+    return get_syscall()(number, a[0], a[1], a[2], a[3], a[4], a[5]);
+}
+
+/* The module's clone: the child shares our memory and we are suspended until it execs or dies
+ * (CLONE_VFORK), so the record is written once the child is the init, or is gone. */
+int clone(int (*fn)(void *), void *stack, int flags, void *arg, ...)
+{
+    va_list ap;
+    pid_t *parent_tid, *child_tid;
+    void *tls;
+
+    va_start(ap, arg);
+    parent_tid = va_arg(ap, pid_t *);
+    tls = va_arg(ap, void *);
+    child_tid = va_arg(ap, pid_t *);
+    va_end(ap);
+    FAIL_WITH("clone", 0, -1);
+    int result = get_clone()(fn, stack, flags, arg, parent_tid, tls, child_tid);
+    if (result > 0 && !in_shim) {
         int saved = errno;
         in_shim = 1;
         int module = from_module(RA);
@@ -430,6 +453,18 @@ int mount(const char *source, const char *target, const char *type, unsigned lon
 {
     FAIL_WITH("mount", 0, -1);
     return get_mount()(source, target, type, flags, data);
+}
+
+void *mmap(void *address, size_t length, int protection, int flags, int fd, off_t offset)
+{
+    FAIL_WITH("mmap", 0, MAP_FAILED);
+    return get_mmap()(address, length, protection, flags, fd, offset);
+}
+
+int mprotect(void *address, size_t length, int protection)
+{
+    FAIL_WITH("mprotect", 0, -1);
+    return get_mprotect()(address, length, protection);
 }
 
 int pipe2(int fds[2], int flags)
@@ -483,6 +518,13 @@ ssize_t read(int fd, void *buf, size_t count)
 {
     FAIL_WITH("read", 0, -1);
     return get_read()(fd, buf, count);
+}
+
+/* read() into a buffer of known size, under _FORTIFY_SOURCE: the same call to the test. */
+ssize_t __read_chk(int fd, void *buf, size_t count, size_t size)
+{
+    FAIL_WITH("read", 0, -1);
+    return get___read_chk()(fd, buf, count, size);
 }
 
 int poll(struct pollfd *fds, nfds_t nfds, int timeout)

@@ -27,10 +27,10 @@ from typing import Any, Dict, List
 
 import pytest
 from conftest import require, require_root, require_tools
-from helpers.debian_package import ROOT, seed_apt
 from hosts.fixtures import CACHE_ENV
 from hosts.systemd_container import DEFAULT_CACHE_DIR
 from hosts.tiers import ADMIN_PORT, ContainerTier
+from pam_unshare_testsupport.debian_package import ROOT, seed_apt
 
 ANSIBLE_DIR = ROOT / "packaging" / "ansible"
 PLAYBOOK = ANSIBLE_DIR / "site.yml"

@@ -33,8 +33,8 @@ import time
 from pathlib import Path
 from typing import Dict, List
 
-from helpers.debian_package import ROOT
 from hosts.tiers import ADMIN_PORT, wait_for_port
+from pam_unshare_testsupport.debian_package import ROOT
 
 from fleet.conftest import BECOME_VARS, Fleet, PlaybookRun
 from pam_unshare import usermanager

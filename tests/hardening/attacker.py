@@ -93,8 +93,10 @@ def wait_for(predicate, timeout: float = 20, what: str = "condition"):  # noqa: 
 
 def cpu_seconds(pid: int) -> float:
     """utime + stime of PID."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    stat = proc.read_stat(pid)
+    if stat is None:
+        raise ProcessLookupError(pid)
+    return stat.cpu_ticks / proc.CLOCK_TICKS
 
 
 def lowest_free_fd(pid: int) -> int:

@@ -14,7 +14,7 @@ from typing import Callable, Dict, Iterator, List
 
 import pytest
 from conftest import PamSandbox, require_tools
-from helpers.sshd import Sshd
+from pam_unshare_testsupport.sshd import Sshd
 
 from hardening.faults import CSRC, FaultDir
 

@@ -8,25 +8,29 @@ the clone child that becomes the session's PID 1.
 Outcomes:
   OPEN      the session cannot be isolated: onerr=fail refuses it, onerr=succeed runs it
             without a namespace; one error line names the step and the errno text
-  RECOVERS  the module retries or falls back by design (EINTR, clone3 refused with ENOSYS,
-            MFD_EXEC unknown): the session is namespaced and nothing is logged
+  RECOVERS  the module retries or falls back by design (EINTR, MFD_EXEC unknown): the session
+            is namespaced and nothing is logged
   CLOSE     the failure happens at session close: the session ran namespaced, one line says
             what failed at close, and the lifeline still ends the namespace
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import re
 import shlex
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Sequence, Tuple
+from typing import Callable, Dict, Iterator, List, Sequence, Tuple
 
-from isolation import hostprocs
+from pam_unshare_testsupport import hostprocs
+
+from pam_unshare import linux, proc
 
 OPEN = "open"
 RECOVERS = "recovers"
@@ -38,6 +42,7 @@ PR_SET_SECUREBITS = 28
 PR_SET_NO_NEW_PRIVS = 38
 PR_CAP_AMBIENT = 47
 F_DUPFD_CLOEXEC = 1030
+MS_NOSUID, MS_NODEV, MS_NOEXEC = 0x2, 0x4, 0x8
 F_ADD_SEALS = 1033
 F_OFD_SETLK = 37
 RLIMIT_NOFILE = 7
@@ -58,6 +63,9 @@ class Step:
     options: Tuple[str, ...] = ()
     # scope=user joins: an existing namespace of the user must be there to join.
     needs_namespace: bool = False
+    # A procfs mounted outside /proc (other_procfs_mounted): the module covers it, walking its
+    # path, so the caller is not suspended during the child's work and waits with a timeout.
+    other_procfs: bool = False
     user_known: bool = True  # False: the line says "(unknown)" for the user
     where: str = "caller"  # "caller" or "child" (the clone child, before it execs the init)
     # Each name must show up as an "inject" line in the shim's log: proof that the fault hit.
@@ -70,7 +78,8 @@ class Step:
 
     @property
     def hit(self) -> Tuple[str, ...]:
-        return self.injected or tuple(item.split(":")[0] for item in self.spec.split(","))
+        return self.injected or tuple(item.split(":")[0].split("@")[0]
+                                      for item in self.spec.split(","))
 
 
 USER = ("scope=user",)
@@ -97,10 +106,9 @@ STEPS: List[Step] = [
          "taking a slot of the user's session quota"),
     Step("lifeline-pipe", "pipe2:1:EMFILE", "creating the session lifeline pipe"),
     Step("ready-pipe", "pipe2:2:EMFILE", "creating the session ready pipe"),
-    Step("clone3", "clone3:1:EPERM", "creating the PID and mount namespaces"),
-    Step("clone3-enosys-fallback", "clone3:1:ENOSYS", "", outcome=RECOVERS),
-    Step("clone-fallback", "clone3:1:ENOSYS,clone:1:EPERM",
-         "creating the PID and mount namespaces"),
+    Step("stack-map", "mmap:1:ENOMEM", "mapping the stack of the clone child"),
+    Step("stack-guard", "mprotect:1:EACCES", "mapping the stack of the clone child"),
+    Step("clone", "clone:1:EPERM", "creating the PID and mount namespaces"),
     # ---- the clone child, before it execs the init
     Step("identity", "setresgid:1:EPERM", "setting the session init's uid and gid to 0",
          where="child"),
@@ -111,8 +119,19 @@ STEPS: List[Step] = [
     Step("propagation-mount", "mount:1:EPERM", "setting mount propagation of / in the session",
          where="child"),
     Step("proc-mount", "mount:2:EPERM", "mounting the session's /proc", where="child"),
-    Step("cover-procfs", "fopen:1:EMFILE", "covering the other procfs mounts of the session",
+    # Linux 6.8 and later: listmount and statmount; before, /proc/self/mountinfo (ENOSYS below).
+    Step("cover-procfs-list", "listmount:1:EPERM",
+         "covering the other procfs mounts of the session", where="child"),
+    Step("cover-procfs-stat", "statmount:1:EIO",
+         "covering the other procfs mounts of the session", where="child"),
+    Step("cover-procfs-without-listmount", "listmount:1:ENOSYS", "", outcome=RECOVERS,
          where="child"),
+    Step("cover-procfs", "listmount:1:ENOSYS,open@init:1:EMFILE",
+         "covering the other procfs mounts of the session", errno_name="EMFILE", where="child"),
+    Step("cover-procfs-read", "listmount:1:ENOSYS,read@init:1:EIO",
+         "covering the other procfs mounts of the session", errno_name="EIO", where="child"),
+    Step("cover-procfs-read-eintr", "listmount:1:ENOSYS,read@init:1:EINTR", "",
+         outcome=RECOVERS, where="child"),
     Step("memfd", "memfd_create:1:EMFILE", "creating the memfd for the session init",
          where="child"),
     Step("memfd-no-mfd-exec", "memfd_create:1:EINVAL", "", outcome=RECOVERS, where="child"),
@@ -141,13 +160,21 @@ STEPS: List[Step] = [
     Step("init-dies-before-ready", f"prctl={PR_SET_NO_NEW_PRIVS}:1:KILL",
          "starting the session init (it exited before it was ready)", errno_name="ECHILD",
          where="child"),
+    # A hang is possible only where the child walks paths (procfs mounts to cover); elsewhere the
+    # caller is suspended during the child's work (CLONE_VFORK) and nothing there can block.
     Step("init-hangs-before-ready", f"prctl={PR_SET_NO_NEW_PRIVS}:1:HANG",
-         "waiting for the session init to start", errno_name="ETIMEDOUT", where="child"),
+         "waiting for the session init to start", errno_name="ETIMEDOUT", where="child",
+         other_procfs=True),
+    Step("cover-procfs-pin", "open@init:1:EACCES",
+         "covering the other procfs mounts of the session", where="child", other_procfs=True),
+    Step("cover-procfs-pin-hangs", "open@init:1:HANG",
+         "waiting for the session init to start", errno_name="ETIMEDOUT", where="child",
+         other_procfs=True),
     # ---- the caller, waiting and joining
     Step("ready-poll", "poll:1:ENOMEM", "waiting for the session init to start"),
     Step("ready-poll-eintr", "poll:1:EINTR", "", outcome=RECOVERS),
-    Step("ready-read", "read:1:EIO", "reading the session init's ready signal"),
-    Step("ready-read-eintr", "read:1:EINTR", "", outcome=RECOVERS),
+    Step("ready-read", "read@caller:1:EIO", "reading the session init's ready signal"),
+    Step("ready-read-eintr", "read@caller:1:EINTR", "", outcome=RECOVERS),
     Step("setns", "setns:1:EPERM", "joining the session's namespaces (setns)"),
     # ---- session close
     Step("close-kill", "pidfd_send_signal:1:EPERM", "killing the session init (pidfd_send_signal)",
@@ -278,11 +305,8 @@ def inits_in_output(output: str) -> List[SessionInit]:
 
 
 def parent_of(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return int(handle.read().rsplit(")", 1)[1].split()[1])
-    except (OSError, IndexError, ValueError):
-        return None
+    stat = proc.read_stat(pid)
+    return stat.ppid if stat is not None else None
 
 
 def leftovers(inits: Sequence[SessionInit], strict: bool = False) -> List[str]:
@@ -336,6 +360,24 @@ def wait_no_leftovers(inits: Sequence[SessionInit], timeout: float = 10.0) -> Li
     return hostprocs.wait_until_none(lambda: leftovers(inits), timeout=timeout)
 
 
+@contextlib.contextmanager
+def other_procfs_mounted(active: bool) -> Iterator[None]:
+    """A procfs mounted outside /proc in the callers' mount namespace (the test's private
+    sandbox), while the block runs, when ACTIVE."""
+    if not active:
+        yield
+        return
+    point = tempfile.mkdtemp(prefix="pu-other-procfs-")
+    try:
+        linux.mount("proc", point, "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
+        try:
+            yield
+        finally:
+            subprocess.run(["umount", point], check=True)
+    finally:
+        os.rmdir(point)
+
+
 def mount_table() -> List[str]:
     """This process's mounts (mount namespace of the callers), without the mount ids, which the
     kernel hands out anew."""
@@ -373,35 +415,41 @@ SELECTORS = {"prctl=24": "prctl(PR_CAPBSET_DROP)", "prctl=28": "prctl(PR_SET_SEC
              "fcntl=37": "fcntl(F_OFD_SETLK)", "setrlimit=7": "setrlimit(RLIMIT_NOFILE)"}
 
 
+ORDINALS = {"1": "", "2": "2nd ", "3": "3rd "}
+
+
 def describe(spec: str) -> str:
-    """"prctl=38:1:EPERM" -> "1st prctl(PR_SET_NO_NEW_PRIVS) -> EPERM"."""
+    """"prctl=38:1:EPERM" -> "prctl(PR_SET_NO_NEW_PRIVS) -> EPERM"; "mount:2:EPERM" ->
+    "2nd mount -> EPERM"."""
     parts = []
     for item in spec.split(","):
         name, nth, action = item.rsplit(":", 2)
-        name = SELECTORS.get(name, name)
-        action = {"KILL": "the process dies", "HANG": "hangs 60 s"}.get(action, action)
-        parts.append(f"{name} #{nth} -> {action}")
+        name = SELECTORS.get(name.split("@")[0], name.split("@")[0])
+        action = {"KILL": "killed", "HANG": "hangs 60 s"}.get(action, action)
+        parts.append(f"{ORDINALS.get(nth, nth + 'th ')}{name} -> {action}")
     return ", then ".join(parts)
 
 
 def markdown_table() -> str:
     """The README's fault table: every step, its outcome under onerr=fail and onerr=succeed
     (the same under su, sudo and sshd: tests/hardening checks each)."""
-    rows = ["| injected fault | in | options | one log line (LOG_ERR) | onerr=fail "
-            "| onerr=succeed |", "| --- | --- | --- | --- | --- | --- |"]
+    rows = ["| step | call failed | in | options | logged step: errno text | onerr=fail | "
+            "onerr=succeed |", "| --- | --- | --- | --- | --- | --- | --- |"]
     for step in STEPS:
-        options = " ".join(step.options) + (" (joining)" if step.needs_namespace else "")
+        options = ", ".join([*(f"`{option}`" for option in step.options),
+                             *(["joining"] if step.needs_namespace else []),
+                             *(["other procfs"] if step.other_procfs else [])])
         if step.outcome == OPEN:
-            logged = f"{step.step} failed ...: {step.errno_text}"
-            fail, succeed = "refused", "runs without namespace"
+            logged = f"{step.step}: {step.errno_text}"
+            fail, succeed = "refused", "runs, no namespace"
         elif step.outcome == RECOVERS:
-            logged = "none (retried, or clone() fallback)"
+            logged = "none"
             fail = succeed = "namespaced"
         else:
-            logged = f"{step.step} failed at session close: {step.errno_text}"
-            fail = succeed = "ran namespaced; namespace still ends"
-        rows.append(f"| {describe(step.spec)} | {step.where} | {options} | {logged} | {fail} | "
-                    f"{succeed} |")
+            logged = f"at close: {step.step}: {step.errno_text}"
+            fail = succeed = "namespaced; still ends"
+        rows.append(f"| `{step.id}` | {describe(step.spec)} | {step.where} | {options} | "
+                    f"{logged} | {fail} | {succeed} |")
     return "\n".join(rows)
 
 

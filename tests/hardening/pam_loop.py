@@ -23,6 +23,8 @@ import syslog
 
 import pam
 
+from pam_unshare import forked
+
 
 def open_fds() -> int:
     """Descriptors open in this process. Not through /proc/self, which a process that opened a
@@ -96,19 +98,8 @@ def main() -> int:
         print(json.dumps({"error": f"authenticate: {handle.reason}"}))
         return 3
     for index in range(count):
-        read_end, write_end = os.pipe()
-        child = os.fork()
-        if child == 0:
-            code = 1
-            try:
-                os.close(read_end)
-                code = one_session(handle, user, command, write_end)
-            finally:
-                os._exit(code)
-        os.close(write_end)
-        with os.fdopen(read_end, "rb") as report:
-            text = report.read().decode(errors="replace").strip()
-        status = os.waitstatus_to_exitcode(os.waitpid(child, 0)[1])
+        report, status = forked.run(lambda out: one_session(handle, user, command, out))
+        text = report.decode(errors="replace").strip()
         print(json.dumps({"session": json.loads(text) if text else {"open_rc": -1},
                           "child": status}), flush=True)
         if index % max(1, count // 20) == 0 or index == count - 1:

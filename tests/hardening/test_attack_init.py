@@ -17,6 +17,8 @@ import os
 import subprocess
 import time
 
+from pam_unshare_testsupport import devlog
+
 from hardening.attacker import (
     cpu_seconds,
     inits_of,
@@ -33,7 +35,7 @@ QUOTA_LINE = "counting the user's sessions (max_sessions reached) failed for use
 
 
 def module_lines(pam_sandbox, mark: int) -> list[str]:
-    return [line for line in pam_sandbox.syslog.lines(mark) if "pam_unshare(" in line]
+    return devlog.module_lines(pam_sandbox.syslog.lines(mark))
 
 
 def su(user: str, command: str, timeout: float = 60) -> subprocess.CompletedProcess:

@@ -5,6 +5,7 @@ real uid on the session init, and long NSS entries. Each runs through real su or
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import signal
@@ -25,6 +26,7 @@ from hardening.attacker import (
     sudo_rule,
     wait_for,
 )
+from pam_unshare import proc
 
 PID1_COMM = "cat /proc/1/comm"
 
@@ -70,6 +72,38 @@ def test_limits_that_leave_room_are_namespaced_here(pam_sandbox, users):
         result = run_as(uid, f"ulimit -n 20; ulimit -f 100; su {users.alice} -c "
                              f"{shlex.quote(PID1_COMM)}")
     assert result.stdout.strip() == "pam_unshare", result.stderr
+
+
+def _login_under_address_space_limit(uid: int, user: str, kib: int) -> str:
+    result = run_as(uid, f"ulimit -v {kib}; su {user} -c {shlex.quote(PID1_COMM)}")
+    comm = result.stdout.strip()
+    if result.returncode != 0 or not comm:
+        return "failed"
+    return "namespaced" if comm == proc.INIT_COMM else "outside"
+
+
+def test_a_users_address_space_limit_does_not_leave_the_session_un_namespaced(pam_sandbox,
+                                                                              users):
+    """`ulimit -v` before su is the user's: between the limit where su cannot start at all and
+    the one where the session is namespaced, the module's own mapping (the clone child's stack)
+    fails. There the session must be refused, whatever onerr says, never run outside."""
+    uid = pam_sandbox.uids[users.alice]
+    mark = pam_sandbox.syslog.mark()
+    with pam_sandbox.options("onerr=succeed"), su_for_users(pam_sandbox):
+        low, high = 1024, 1 << 21  # KiB: su cannot run / surely enough
+        assert _login_under_address_space_limit(uid, users.alice, high) == "namespaced"
+        while high - low > 4:
+            middle = (low + high) // 2
+            if _login_under_address_space_limit(uid, users.alice, middle) == "namespaced":
+                high = middle
+            else:
+                low = middle
+        outcomes = {kib: _login_under_address_space_limit(uid, users.alice, kib)
+                    for kib in range(high - 1024, high + 64, 8)}
+    refusals = [line for line in module_errors(pam_sandbox, mark)
+                if "mapping the stack of the clone child (the user's limits)" in line]
+    assert [kib for kib, outcome in outcomes.items() if outcome == "outside"] == [], outcomes
+    assert refusals, f"no limit in the sweep hit the module's mapping (threshold {high} KiB)"
 
 
 # ---- item 3: the working directory race --------------------------------------------------------
@@ -204,7 +238,8 @@ def test_the_calling_user_cannot_signal_the_session_init(pam_sandbox, users, cal
             assert held.stdout.readline().strip() == "READY", held.stderr
             init = wait_for(lambda: init_of_user(bob), what="bob's session")
             attempt = run_as(alice, f"kill -STOP {init.pid}; echo rc=$?")
-            state = Path(f"/proc/{init.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            stat = proc.read_stat(init.pid)
+            state = stat.state if stat is not None else "gone"
             assert "rc=1" in attempt.stdout and state != "T", (
                 f"{users.alice} stopped the init of the session she opened through {caller}: "
                 f"{attempt.stdout!r} {attempt.stderr!r}, state {state}")
@@ -247,3 +282,26 @@ def test_a_long_passwd_entry_is_namespaced_not_refused(pam_sandbox, long_entry_u
     assert result.stdout.strip() == "pam_unshare", (
         f"{options}: {result.stdout!r} {result.stderr!r} "
         f"{module_errors(pam_sandbox, mark)}")
+
+
+# ---- the init-to-be, before it takes uid 0 -------------------------------------------------------
+
+KILLER = Path(__file__).resolve().parent / "kill_init_to_be.py"
+
+
+def test_the_user_cannot_kill_the_init_to_be_into_a_session_without_namespace(pam_sandbox,
+                                                                               users):
+    """su runs setuid from the user's shell, so its real uid is the user's, and a child born
+    with it may be signalled by the user until it takes uid 0. Killed there, the init-to-be
+    is a failure that onerr=succeed turns into a session without a namespace: the user's choice
+    deciding isolation. Here the user kills every process just above su's, in 150 logins,
+    with the CPUs kept busy so that the child waits to run; the child must be out of reach."""
+    uid = pam_sandbox.uids[users.alice]
+    with pam_sandbox.options("onerr=succeed"), su_for_users(pam_sandbox):
+        result = run_as(uid, f"python3 -P {shlex.quote(str(KILLER))} "
+                             f"150 {users.alice} {proc.INIT_COMM}", timeout=600)
+    assert result.returncode == 0, result.stderr
+    tally = json.loads(result.stdout.splitlines()[-1])
+    assert tally["hits"] > 0, f"the attack never reached a process: {tally}"
+    assert tally["outside"] == 0, f"sessions ran without a namespace: {tally}"
+    assert tally["namespaced"] > 0, tally

@@ -22,8 +22,9 @@ from typing import Iterator, List
 
 import pytest
 from conftest import require_tools
-from helpers.entries import TEST_SERVICE
-from isolation import hostprocs
+from pam_unshare_testsupport import hostprocs
+from pam_unshare_testsupport.devlog import module_lines, severity
+from pam_unshare_testsupport.entries import TEST_SERVICE
 
 from hardening.conftest import figure
 from hardening.faults import (
@@ -39,7 +40,9 @@ from hardening.faults import (
     inits_in_output,
     inits_of,
     leftovers,
+    markdown_table,
     mount_table,
+    other_procfs_mounted,
     run,
     session_probe,
     wait_for_lines,
@@ -50,21 +53,10 @@ CALLERS = ["su", "sudo", "sshd"]
 PAM_LOOP = str(Path(__file__).resolve().parent / "pam_loop.py")
 ONERR = ["fail", "succeed"]
 LOG_ERR = 3
-SYSLOG_LINE = re.compile(r"^<(\d+)>")
 # Killed by a signal, or by timeout(1): a crash or a hang of the caller.
 CRASH_OR_HANG = {124, 125, 126, 137} | set(range(128, 160))
 
 injected_total: List[str] = []
-
-
-def module_lines(lines: List[str]) -> List[str]:
-    return [line for line in lines if "pam_unshare(" in line]
-
-
-def severity(line: str) -> int:
-    match = SYSLOG_LINE.match(line)
-    assert match, f"not a syslog datagram: {line!r}"
-    return int(match.group(1)) % 8
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -103,7 +95,8 @@ def test_an_injected_failure_has_the_documented_outcome(pam_sandbox, users, faul
     tag = hostprocs.new_tag()
     holder: List[SessionInit] = []
     try:
-        with pam_sandbox.options(*step.options, f"onerr={onerr}"):
+        with pam_sandbox.options(*step.options, f"onerr={onerr}"), \
+                other_procfs_mounted(step.other_procfs):
             if step.needs_namespace:
                 holder.append(start_user_namespace(user, tag))
             fault_dir.arm(step.spec)
@@ -216,13 +209,14 @@ def test_every_logged_step_has_a_fault():
     text = "".join((CSRC / name).read_text() for name in ("namespace.c", "module.c", "exempt.c"))
     text = text.replace('" STATE_DIR "', "/run/pam_unshare")
     text = text.replace('" STATE_DIR', '/run/pam_unshare"')
-    logged = set(re.findall(r'fail\(why, "([^"]+)"', text))
+    logged = set(re.findall(r'(?:fail|refuse)\(why, "([^"]+)"', text))
     logged |= set(re.findall(r'\[STEP_[A-Z_]+\] = "([^"]+)"', text))
     logged |= set(re.findall(r'\(struct pu_failure\)\{"([^"]+)"', text))
     logged |= set(re.findall(r'pu_failure_of\("([^"]+)"', text))
     assert len(logged) > 30, logged
     covered = {step.step for step in STEPS}
     assert sorted(logged - covered - POLICY_REFUSALS) == []
+    assert sorted(POLICY_REFUSALS - logged) == [], "a policy refusal the C no longer logs"
 
 
 # Not faults but the module's answer to what a user did; each is performed by an attack test.
@@ -233,6 +227,9 @@ POLICY_REFUSALS = {
         "test_attack_login.py::test_a_users_rlimit_does_not_leave_the_session_un_namespaced",
     "looking up a group named in only_groups (no such group)":
         "test_attack_login.py::test_an_unknown_only_group_refuses_the_session_under_onerr_fail",
+    "mapping the stack of the clone child (the user's limits)":
+        "test_attack_login.py::test_a_users_address_space_limit_does_not_leave_the_session_"
+        "un_namespaced",
     "counting the user's sessions (max_sessions reached)":
         "test_attack_init.py::test_max_sessions_bounds_one_users_sessions",
     "joining the user's namespace (max_sessions reached)":
@@ -254,7 +251,8 @@ def test_no_descriptor_is_left_in_the_caller_on_any_failure_path(pam_sandbox, us
     after close, the process holds exactly the descriptors it held before pam_open_session."""
     step = BY_ID[step_id]
     for onerr in ONERR:
-        with pam_sandbox.options(*step.options, f"onerr={onerr}"):
+        with pam_sandbox.options(*step.options, f"onerr={onerr}"), \
+                other_procfs_mounted(step.other_procfs):
             fault_dir.arm(step.spec)
             result = subprocess.run(
                 [sys.executable, PAM_LOOP, TEST_SERVICE, users.alice, "1", INIT_PROBE],
@@ -299,3 +297,11 @@ def test_a_transient_error_while_joining_does_not_split_the_users_namespace(
     refused = result.returncode != 0 and len(lines) == 1
     assert refused or joined == [holder], (result, lines)
     assert inits_in_output(after.stdout) == [holder], "the user's namespace was split"
+
+
+def test_the_readme_shows_the_fault_table_of_the_code():
+    """The README's table is this module's table, not a copy kept by hand: regenerate it with
+    `cd tests && python3 -m hardening.faults`. The count in the text above it too."""
+    readme = (CSRC.parent / "README.md").read_text(encoding="utf-8")
+    assert markdown_table() in readme
+    assert f"`STEPS` in `tests/hardening/faults.py` lists {len(STEPS)}\n" in readme

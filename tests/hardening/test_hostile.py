@@ -23,7 +23,7 @@ from typing import Iterator, List
 
 import pytest
 from conftest import require_tools
-from isolation import hostprocs
+from pam_unshare_testsupport import hostprocs
 
 from hardening.conftest import FULL, figure
 from hardening.faults import (
@@ -230,9 +230,9 @@ def test_the_user_exiting_at_once_ends_the_session(pam_sandbox, users, entries):
 CALLER_DEATHS = [
     ("pipe2:1", "before the lifeline exists"),
     ("pipe2:2", "between the two pipes"),
-    ("clone3:1", "before the clone"),
+    ("clone:1", "before the clone"),
     ("poll:1", "waiting for ready (the init-to-be runs)"),
-    ("read:1", "reading ready (the init runs)"),
+    ("read@caller:1", "reading ready (the init runs)"),
     ("setns:1", "before joining"),
     ("chdir@caller:1", "right after joining"),
 ]

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import List
 
 import pytest
-from helpers.entries import TEST_SERVICE
+from pam_unshare_testsupport.entries import TEST_SERVICE
 
 from hardening.conftest import FULL, figure
 from hardening.faults import (

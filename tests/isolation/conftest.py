@@ -10,10 +10,10 @@ from typing import Dict, Iterator, List
 
 import pytest
 from conftest import require, require_root
-from helpers.entries import SUDO_RS_ENTRY_NAMES
 from hosts.fixtures import CACHE_ENV
 from hosts.systemd_container import DEFAULT_CACHE_DIR
 from hosts.tiers import TIERS, Tier
+from pam_unshare_testsupport.entries import SUDO_RS_ENTRY_NAMES
 from testinfra.host import Host
 
 from isolation.targets import LocalTarget, RemoteTarget, Target

@@ -1,10 +1,10 @@
 """The test host's processes as its root sees them, on whatever host the suite runs against.
 
-Every question is answered from one snapshot taken on the host by isolation/hostprocs.py (copied
-there for remote hosts) and returned as JSON through testinfra, so the same test code serves this
-machine, a container and a VM. The rules are those of hostprocs: a process is its PID together
-with its start time, and a namespace's number only identifies it among processes started before
-it was known to be alive (see hostprocs.in_namespace).
+Every question is answered from one snapshot taken on the host by the support package's
+hostprocs.py (copied there for remote hosts) and returned as JSON through testinfra, so the
+same test code serves this machine, a container and a VM. The rules are those of hostprocs: a
+process is its PID together with its start time, and a namespace's number only identifies it
+among processes started before it was known to be alive (see hostprocs.in_namespace).
 """
 
 from __future__ import annotations
@@ -16,9 +16,10 @@ import time
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Tuple, TypeVar
 
+from pam_unshare_testsupport.hostprocs import HostProcess
 from testinfra.host import Host
 
-from isolation.hostprocs import INIT_COMM, HostProcess
+from pam_unshare.proc import INIT_COMM
 
 T = TypeVar("T")
 

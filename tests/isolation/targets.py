@@ -24,14 +24,30 @@ from pathlib import Path
 from typing import Dict, Iterator, List, Protocol
 
 import pam as python_pam
-from helpers.entries import HELPER_FILES, HELPERS, TEST_SERVICE, Entry, make_entries, remote_tools
+from pam_unshare_testsupport import hostprocs
+from pam_unshare_testsupport.entries import (
+    HELPER_FILES,
+    HELPERS,
+    TEST_SERVICE,
+    Entry,
+    make_entries,
+    remote_tools,
+)
 from testinfra.host import Host
 
-from isolation import hostprocs
+import pam_unshare
 from isolation.hostview import HostView
 
 HOSTPROCS = Path(hostprocs.__file__).resolve()
 REMOTE_HELPERS = "/usr/local/lib/pam-unshare-tests"
+# hostprocs.py and pam_options.py run on a remote host with its python3, next to a copy of the
+# product modules they import (this tree's, whatever version the host has installed): in a
+# directory of their own, so that the entries' PYTHONPATH (REMOTE_HELPERS) sees no partial
+# pam_unshare.
+REMOTE_TOOLS = f"{REMOTE_HELPERS}/tools"
+PRODUCT = Path(pam_unshare.__file__).resolve().parent
+PRODUCT_MODULES = ("__init__.py", "linux.py", "proc.py", "pamd.py", "atomic.py", "trust.py",
+                   "errors.py")
 USERS = ("pu_alice", "pu_bob", "pu_carol", "pu_dave")
 FOREIGN_SECRET = "pu-foreign-job --password=hunter2"
 
@@ -97,7 +113,7 @@ class RemoteTarget:
         self.check_provisioned()
         self.upload_helpers()
         self.entries = make_entries(remote_tools(REMOTE_HELPERS))
-        self.view = HostView(host, "python3", f"{REMOTE_HELPERS}/hostprocs.py")
+        self.view = HostView(host, "python3", f"{REMOTE_TOOLS}/hostprocs.py")
         self.foreign_pid = self.start_foreign_process()
 
     def sh(self, command: str) -> str:
@@ -124,8 +140,10 @@ class RemoteTarget:
                              f"(tests/hosts/provision-test-host): missing {', '.join(missing)}")
 
     def upload_helpers(self) -> None:
-        files = {name: HELPERS / name for name in (*HELPER_FILES, "pam_options.py")}
-        files["hostprocs.py"] = HOSTPROCS
+        files = {name: HELPERS / name for name in HELPER_FILES}
+        files["tools/pam_options.py"] = HELPERS / "pam_options.py"
+        files["tools/hostprocs.py"] = HOSTPROCS
+        files.update({f"tools/pam_unshare/{name}": PRODUCT / name for name in PRODUCT_MODULES})
         files["pam"] = Path(python_pam.__file__).resolve().parent
         self.sh(f"mkdir -p {REMOTE_HELPERS} && echo {_tarball(files)} | base64 -d | "
                 f"tar -xz -C {REMOTE_HELPERS}")
@@ -146,7 +164,7 @@ class RemoteTarget:
 
     @contextlib.contextmanager
     def options(self, *options: str) -> Iterator[None]:
-        helper = f"python3 {REMOTE_HELPERS}/pam_options.py"
+        helper = f"python3 {REMOTE_TOOLS}/pam_options.py"
         try:
             self.sh(f"{helper} set {shlex.join(options)}")
             yield

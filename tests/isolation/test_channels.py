@@ -14,7 +14,7 @@ import base64
 from typing import Dict, List
 
 import pytest
-from helpers.entries import ENTRY_NAMES
+from pam_unshare_testsupport.entries import ENTRY_NAMES
 
 from isolation.targets import FOREIGN_SECRET, REMOTE_HELPERS, LocalTarget, Target
 from pam_unshare import probes

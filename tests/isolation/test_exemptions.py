@@ -4,12 +4,11 @@ malformed option is reported and never makes isolation weaker than the default."
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
-from typing import List
 
 import pytest
-from helpers.entries import ISOLATION_ENTRY_NAMES as ENTRY_NAMES
+from pam_unshare_testsupport.devlog import module_lines, severity
+from pam_unshare_testsupport.entries import ISOLATION_ENTRY_NAMES as ENTRY_NAMES
 
 from isolation.targets import Target
 
@@ -18,7 +17,6 @@ PROBE = ("echo pidns:$(readlink /proc/self/ns/pid); echo mntns:$(readlink /proc/
 # Enough ways in to show the decision does not depend on the caller; root uses all of them.
 SOME_ENTRIES = ["su", "sudo-nopty", "ssh-command"]
 LOG_ERR = 3
-SYSLOG_LINE = re.compile(r"^<(\d+)>")
 
 
 @dataclass(frozen=True)
@@ -70,16 +68,6 @@ def assert_namespaced(target: Target, view: View, what: str) -> None:
         f"{target.name}: {what} is not namespaced: {view}")
     assert view.mntns != host.mntns, (
         f"{target.name}: {what} shares the caller's mount namespace: {view}")
-
-
-def module_lines(lines: List[str]) -> List[str]:
-    return [line for line in lines if "pam_unshare(" in line]
-
-
-def severity(line: str) -> int:
-    match = SYSLOG_LINE.match(line)
-    assert match, f"not a syslog datagram: {line!r}"
-    return int(match.group(1)) % 8
 
 
 # ---- root -------------------------------------------------------------------------------------

@@ -12,9 +12,10 @@ import time
 from typing import List
 
 import pytest
-from helpers.entries import ISOLATION_ENTRY_NAMES as ENTRY_NAMES
+from pam_unshare_testsupport import hostprocs
+from pam_unshare_testsupport.entries import ISOLATION_ENTRY_NAMES as ENTRY_NAMES
 
-from isolation import hostprocs
+from pam_unshare.proc import INIT_COMM
 
 MODES = {"linger": (), "kill": ("on_logout=kill",)}
 NOHUP_SLEEP = ("sleep", "300")
@@ -58,7 +59,7 @@ def test_logout_is_prompt_and_leaves_nothing(target, entry_name, mode):
             assert len(sleepers) == 1, f"{where}: the nohup'd sleep did not outlive logout"
             assert sleepers[0].pidns == namespace
             init = view.snapshot().namespace_init(namespace)
-            assert init is not None and init.comm == hostprocs.INIT_COMM, (
+            assert init is not None and init.comm == INIT_COMM, (
                 f"{where}: the sleep's namespace has no session init: {init}")
             assert init.cmdline == ("pam_unshare-init", "linger")
             view.kill(sleepers[0])

@@ -7,10 +7,11 @@ import re
 import time
 
 import pytest
-from helpers.entries import ISOLATION_ENTRY_NAMES as ENTRY_NAMES
+from pam_unshare_testsupport import hostprocs
+from pam_unshare_testsupport.entries import ISOLATION_ENTRY_NAMES as ENTRY_NAMES
 
-from isolation import hostprocs
 from isolation.targets import rounds
+from pam_unshare.proc import INIT_COMM
 
 ORPHANS = 200
 LATE_ORPHANS = 20
@@ -82,7 +83,7 @@ def test_caller_gets_eof_while_the_session_lingers(target, entry_name):
         known_at = view.now_ticks()
         assert namespace is not None
         init = view.snapshot().namespace_init(namespace)
-        assert init is not None and init.comm == hostprocs.INIT_COMM, (
+        assert init is not None and init.comm == INIT_COMM, (
             f"{where}: the sleep's namespace has no session init: {init}")
 
         view.kill(sleeper)

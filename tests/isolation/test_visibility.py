@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Dict
 
 import pytest
-from helpers.entries import ISOLATION_ENTRY_NAMES as ENTRY_NAMES
+from pam_unshare_testsupport.entries import ISOLATION_ENTRY_NAMES as ENTRY_NAMES
 
 from isolation.targets import FOREIGN_SECRET, Target
 

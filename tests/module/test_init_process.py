@@ -11,8 +11,10 @@ import time
 from typing import Iterator, NamedTuple, Set
 
 import pytest
-from helpers.entries import ENTRY_NAMES, Entry
-from isolation import hostprocs
+from pam_unshare_testsupport import hostprocs
+from pam_unshare_testsupport.entries import ENTRY_NAMES, Entry
+
+from pam_unshare.proc import INIT_COMM
 
 
 class BlockedSession(NamedTuple):
@@ -46,7 +48,7 @@ def blocked_session(entry: Entry, user: str) -> Iterator[BlockedSession]:
         known_at = hostprocs.now_ticks()
         assert namespace is not None
         init = hostprocs.namespace_init(namespace)
-        assert init is not None and init.comm == hostprocs.INIT_COMM, (
+        assert init is not None and init.comm == INIT_COMM, (
             f"{entry.name}: no session init for {sleepers[0]}: {init}")
         yield BlockedSession(process, pipes, namespace, init, sleepers[0])
 

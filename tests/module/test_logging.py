@@ -11,7 +11,7 @@ from typing import Callable, Dict, List
 
 import pytest
 from conftest import PamSandbox
-from helpers.entries import Entry
+from pam_unshare_testsupport.entries import Entry
 from testinfra.host import Host
 
 from pam_unshare import __version__

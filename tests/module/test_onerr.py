@@ -9,7 +9,6 @@ gets EPERM.
 from __future__ import annotations
 
 import os
-import re
 import shlex
 import uuid
 from pathlib import Path
@@ -17,8 +16,9 @@ from typing import Callable, Dict, Iterator, List, Tuple
 
 import pytest
 from conftest import PamSandbox, require_tools
-from helpers.entries import ENTRY_NAMES, Entry
-from helpers.sshd import Sshd
+from pam_unshare_testsupport.devlog import module_lines, severity
+from pam_unshare_testsupport.entries import ENTRY_NAMES, Entry
+from pam_unshare_testsupport.sshd import Sshd
 from testinfra.backend.base import CommandResult
 from testinfra.host import Host
 
@@ -30,22 +30,11 @@ STEP = "creating the PID and mount namespaces"
 ERRNO_TEXT = "Operation not permitted"
 CAP_SYS_ADMIN = 21
 LOG_ERR = 3
-SYSLOG_LINE = re.compile(r"^<(\d+)>")
 
 
 def without_cap_sys_admin(command: str) -> str:
     """COMMAND run by a root shell whose bounding set lacks CAP_SYS_ADMIN."""
     return shlex.join([*DROP_CAP_SYS_ADMIN, "-c", command])
-
-
-def severity(line: str) -> int:
-    match = SYSLOG_LINE.match(line)
-    assert match, f"not a syslog datagram: {line!r}"
-    return int(match.group(1)) % 8
-
-
-def module_lines(lines: List[str]) -> List[str]:
-    return [line for line in lines if "pam_unshare(" in line]
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import Iterator, List
 
 import pytest
-from isolation import hostprocs
+from pam_unshare_testsupport import hostprocs
+
+from pam_unshare.proc import INIT_COMM
 
 STATE_DIR = "/run/pam_unshare"
 NS = re.compile(r"pid:\[(\d+)\]")
@@ -109,7 +111,7 @@ def test_a_killed_pid1_makes_the_next_login_start_afresh(host, entries, users, u
             sleeper = wait_for_sleep(tag, "304")
             dead = hostprocs.pid_namespace(sleeper.pid)
             init = hostprocs.namespace_init(dead)
-            assert init is not None and init.comm == hostprocs.INIT_COMM
+            assert init is not None and init.comm == INIT_COMM
             hostprocs.kill(init)
             hostprocs.wait_for(lambda: not hostprocs.is_present(init))
             result = host.run(entries["su"].command(

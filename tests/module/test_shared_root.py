@@ -18,7 +18,7 @@ from typing import Dict, List, Sequence
 
 import pytest
 from conftest import require_tools
-from helpers.entries import Entry
+from pam_unshare_testsupport.entries import Entry
 from testinfra.host import Host
 
 SESSION_ENTRIES = ["su", "su-login", "sudo-nopty", "sudo-pty", "python-pam"]

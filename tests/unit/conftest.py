@@ -38,3 +38,19 @@ def cli_run(capsys: pytest.CaptureFixture[str]) -> CliRun:
         return status, captured.out, captured.err
 
     return invoke
+
+
+@pytest.fixture
+def cli_in(cli_run: CliRun, module_path: Path) -> Callable[[Path], CliRun]:
+    """cli_run against a PAM directory: `cli_in(DIR)("enable", "su")` runs `pam-unshare enable su
+    --pam-dir DIR --module MODULE_PATH` (the built module; module=False leaves --module out)."""
+    def against(pam_dir: Path) -> CliRun:
+        def invoke(*args: str, module: bool = True) -> Tuple[int, str, str]:
+            argv = [*args, "--pam-dir", str(pam_dir)]
+            if module and args[0] == "enable":
+                argv += ["--module", str(module_path)]
+            return cli_run(*argv)
+
+        return invoke
+
+    return against

@@ -19,18 +19,9 @@ SERVICES = ("su", "sudo", "sudo-i", "sshd", "login")
 
 
 @pytest.fixture
-def run(pam_dir, module_path, capsys):
+def run(pam_dir, cli_in):
     """Runs the command line in this process against PAM_DIR; returns (status, out, err)."""
-
-    def invoke(*args: str, module: bool = True):
-        argv = [*args, "--pam-dir", str(pam_dir)]
-        if module and args[0] == "enable":
-            argv += ["--module", str(module_path)]
-        status = cli.main(argv)
-        captured = capsys.readouterr()
-        return status, captured.out, captured.err
-
-    return invoke
+    return cli_in(pam_dir)
 
 
 def snapshot(directory: Path) -> Dict[str, str]:

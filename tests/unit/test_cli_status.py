@@ -25,15 +25,20 @@ def add_line(path: Path, line: str, before_text: str | None = None) -> None:
 
 
 def test_status_json_reports_services_options_kernel_and_coverage(cli_run, pam_dir, module_path):
-    assert cli_run("enable", "su", "sshd", "-o", "onerr=succeed", "--module", str(module_path),
-               "--pam-dir", str(pam_dir))[0] == 0
+    assert cli_run("enable", "su", "sshd", "-o", "onerr=succeed", "-o", "scope=user",
+                   "--module", str(module_path), "--pam-dir", str(pam_dir))[0] == 0
     status, out, err = cli_run("status", "--json", "--pam-dir", str(pam_dir))
     assert status == 0, err
     facts = json.loads(out)
     enabled = {entry["service"]: entry for entry in facts["enabled"]}
     assert set(enabled) == {"su", "su-l", "sshd"}
-    assert enabled["su"]["options"] == ["onerr=succeed"] and enabled["su"]["via"] is None
-    assert enabled["su"]["effective"]["onerr"] == "succeed"
+    assert enabled["su"]["options"] == ["onerr=succeed", "scope=user"]
+    assert enabled["su"]["via"] is None
+    # Every option the module runs with, scope included (a hand-written copy once lost it).
+    assert enabled["su"]["effective"] == {
+        "onerr": "succeed", "propagation": "slave", "on_logout": "linger", "scope": "user",
+        "max_sessions": 256, "debug": False, "exempt_users": ["root"], "exempt_groups": None,
+        "only_groups": None}
     assert enabled["su"]["line"] == 60
     assert enabled["su-l"]["via"] == "su"
     uncovered = {entry["service"] for entry in facts["uncovered"]}

@@ -132,3 +132,18 @@ def test_a_file_that_does_not_parse_is_refused(line, reason):
     with pytest.raises(pamd.ParseError, match=re.escape(reason)) as caught:
         pamd.with_session_line(DEBIAN_SU + line + "\n", ONE)
     assert caught.value.number == len(DEBIAN_SU.splitlines()) + 1
+
+
+def test_with_arguments_keeps_each_lines_type_control_and_module():
+    # A test host's file (tests/support pam_options.py): the admin's control, a silent line, a
+    # continued one and a CRLF ending stay; only the arguments change; other lines are untouched.
+    text = ("session required pam_env.so readenv=1\n"
+            "-session [success=ok default=bad] /lib/security/pam_unshare.so onerr=fail\r\n"
+            "session optional pam_unshare.so \\\n  debug\n"
+            "# session required pam_unshare.so in a comment\n")
+    assert pamd.with_arguments(text, ["scope=user", "debug"]) == (
+        "session required pam_env.so readenv=1\n"
+        "-session [success=ok default=bad] /lib/security/pam_unshare.so scope=user debug\r\n"
+        "session optional pam_unshare.so scope=user debug\n"
+        "# session required pam_unshare.so in a comment\n")
+    assert pamd.with_arguments(text, []).splitlines()[2] == "session optional pam_unshare.so"

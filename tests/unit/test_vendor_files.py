@@ -14,7 +14,7 @@ from typing import Dict
 
 import pytest
 
-from pam_unshare import atomic, audit, cli, pamd, status
+from pam_unshare import atomic, audit, pamd, status
 from pam_unshare.stacks import VENDOR_DIR, PamTree, vendor_dir_for
 
 TRIXIE = Path(__file__).resolve().parent / "fixtures" / "trixie"
@@ -39,19 +39,10 @@ def root(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def run(root, module_path, capsys):
+def run(root, cli_in):
     """Runs the command line against ROOT/etc/pam.d (whose vendor directory is
     ROOT/usr/lib/pam.d); returns (status, out, err)."""
-
-    def invoke(*args: str):
-        argv = [*args, "--pam-dir", str(root / "etc/pam.d")]
-        if args[0] == "enable":
-            argv += ["--module", str(module_path)]
-        code = cli.main(argv)
-        captured = capsys.readouterr()
-        return code, captured.out, captured.err
-
-    return invoke
+    return cli_in(root / "etc/pam.d")
 
 
 def snapshot(root: Path) -> Dict[str, str]:
@@ -141,8 +132,8 @@ def test_enable_creates_the_etc_file_and_disable_removes_it_byte_for_byte(run, r
     code, out, err = run("check")
     assert code == 0 and VENDOR_PAM in out, out + err
     facts = status.collect(root / "etc/pam.d")
-    assert VENDOR_PAM in [entry["service"] for entry in facts["enabled"]]
-    assert VENDOR_PAM not in [entry["service"] for entry in facts["uncovered"]]
+    assert VENDOR_PAM in [entry.service for entry in facts.enabled]
+    assert VENDOR_PAM not in [entry.service for entry in facts.uncovered]
 
     code, out, err = run("enable", VENDOR_PAM, "-o", "onerr=succeed")
     assert code == 0, err
@@ -185,40 +176,42 @@ def test_disable_keeps_the_file_when_the_admin_edited_it(run, root):
     assert created.read_text() == "# local change\n" + vendor
 
 
-def test_a_symlinked_vendor_file_is_refused_and_nothing_written(run, root):
-    vendor = root / "usr/lib/pam.d" / VENDOR_PAM
-    target = root / "elsewhere"
-    os.rename(vendor, target)
-    vendor.symlink_to(target)
+def assert_refused(run, root: Path, says: str, *args: str) -> str:
+    """`pam-unshare ARGS` refuses (status 2) saying SAYS and writes nothing; returns stderr."""
     before = snapshot(root)
-    code, out, err = run("enable", VENDOR_PAM)
-    assert code == 2 and "symbolic link" in err, err
+    code, out, err = run(*args)
+    assert code == 2 and says in err, err
     assert snapshot(root) == before
+    return err
+
+
+@pytest.mark.parametrize("command, path", [
+    ("enable", f"usr/lib/pam.d/{VENDOR_PAM}"),
+    ("disable", f"etc/pam.d/{VENDOR_PAM}{pamd.VENDOR_SUFFIX}"),
+], ids=["vendor-file-on-enable", "vendor-record-on-disable"])
+def test_a_symlinked_vendor_file_or_record_is_refused_and_nothing_written(run, root, command,
+                                                                          path):
+    if command == "disable":
+        assert run("enable", VENDOR_PAM)[0] == 0
+    os.rename(root / path, root / "elsewhere")
+    (root / path).symlink_to(root / "elsewhere")
+    assert_refused(run, root, "symbolic link", command, VENDOR_PAM)
 
 
 def test_a_symlink_in_etc_over_a_vendor_file_is_refused(run, root):
-    link = root / "etc/pam.d" / VENDOR_PAM
-    link.symlink_to(root / "usr/lib/pam.d" / VENDOR_PAM)
-    before = snapshot(root)
-    code, out, err = run("enable", VENDOR_PAM)
-    assert code == 2 and "symbolic link" in err, err
-    assert snapshot(root) == before
+    (root / "etc/pam.d" / VENDOR_PAM).symlink_to(root / "usr/lib/pam.d" / VENDOR_PAM)
+    assert_refused(run, root, "symbolic link", "enable", VENDOR_PAM)
 
 
 def test_a_vendor_file_that_does_not_parse_is_refused(run, root):
     (root / "usr/lib/pam.d" / VENDOR_PAM).write_text("session maybe pam_permit.so\n")
-    before = snapshot(root)
-    code, out, err = run("enable", VENDOR_PAM)
-    assert code == 2 and "does not parse" in err, err
-    assert snapshot(root) == before
+    assert_refused(run, root, "does not parse", "enable", VENDOR_PAM)
 
 
 def test_enable_is_all_or_nothing_with_vendor_files(run, root):
-    before = snapshot(root)
-    code, out, err = run("enable", VENDOR_PAM, "su", "no-such-service")
-    assert code == 2 and "unknown service no-such-service" in err, err
+    err = assert_refused(run, root, "unknown service no-such-service",
+                         "enable", VENDOR_PAM, "su", "no-such-service")
     assert "usr/lib/pam.d/no-such-service" in err
-    assert snapshot(root) == before
 
 
 def test_a_failed_write_leaves_neither_the_file_nor_its_record(run, root, monkeypatch):
@@ -242,25 +235,10 @@ def test_a_vendor_file_with_our_line_is_not_edited(run, root, module_path):
     vendor = root / "usr/lib/pam.d" / VENDOR_PAM
     vendor.write_text(pamd.with_session_line(vendor.read_text(),
                                              pamd.session_line(str(module_path))))
-    before = snapshot(root)
-    code, out, err = run("disable", VENDOR_PAM)
-    assert code == 2 and "does not edit" in err, err
-    assert snapshot(root) == before
+    assert_refused(run, root, "does not edit", "disable", VENDOR_PAM)
     code, out, err = run("check")
     assert code == 0, out + err
     assert VENDOR_PAM in out
-
-
-def test_a_symlinked_vendor_record_is_refused_on_disable(run, root):
-    assert run("enable", VENDOR_PAM)[0] == 0
-    record = root / "etc/pam.d" / (VENDOR_PAM + pamd.VENDOR_SUFFIX)
-    target = root / "elsewhere"
-    os.rename(record, target)
-    record.symlink_to(target)
-    before = snapshot(root)
-    code, out, err = run("disable", VENDOR_PAM)
-    assert code == 2 and "symbolic link" in err, err
-    assert snapshot(root) == before
 
 
 def test_an_etc_file_the_admin_made_is_never_removed(run, root):

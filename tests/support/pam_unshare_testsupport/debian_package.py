@@ -11,7 +11,8 @@ from urllib.parse import unquote
 if TYPE_CHECKING:
     from hosts.systemd_container import SystemdContainer
 
-ROOT = Path(__file__).resolve().parent.parent.parent
+# tests/support/pam_unshare_testsupport/ in the source tree (installed editable).
+ROOT = Path(__file__).resolve().parents[3]
 BUILD_DEB = ROOT / "packaging" / "build-deb"
 DEBIAN_DIR = ROOT / "packaging" / "debian"
 PACKAGE = "libpam-unshare"

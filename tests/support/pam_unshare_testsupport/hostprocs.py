@@ -19,13 +19,11 @@ import uuid
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Tuple, TypeVar
 
-# The session's PID 1 names itself so (prctl PR_SET_NAME).
-INIT_COMM = "pam_unshare"
+from pam_unshare import proc
+from pam_unshare.proc import cmdline, pid_namespace, status_fields
+
 # Environment variable that tags the processes a test starts inside a session.
 TAG_VARIABLE = "PU_TEST_TAG"
-# task->flags: the process has called exit (it may still wait for its namespace to empty).
-PF_EXITING = 0x4
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 T = TypeVar("T")
 
@@ -59,38 +57,25 @@ class HostProcess:
         """Dead, or dying: a PID 1 that has exited stays, in state S and without memory, until
         every other process of its namespace has been reaped by its parent; it is not a zombie
         yet, and the namespace is not over."""
-        return self.zombie or bool(self.flags & PF_EXITING)
+        return self.zombie or bool(self.flags & proc.PF_EXITING)
 
 
 def read_process(pid: int) -> HostProcess | None:
     """The process PID as the host sees it, or None once it is gone."""
+    stat = proc.read_stat(pid)
     try:
-        with open(f"/proc/{pid}/stat") as handle:
-            stat = handle.read()
-        with open(f"/proc/{pid}/status") as handle:
-            status = handle.read()
-    except (FileNotFoundError, ProcessLookupError):
+        status = proc.status_fields(pid)
+    except OSError:
         return None
-    # comm may hold spaces and parentheses: it ends at the last ')'.
-    comm = stat[stat.index("(") + 1:stat.rindex(")")]
-    fields = stat[stat.rindex(")") + 2:].split()  # fields[0] is field 3 of proc(5)
-    nspid: Tuple[int, ...] = ()
-    for line in status.splitlines():
-        if line.startswith("NSpid:"):
-            nspid = tuple(int(value) for value in line.split()[1:])
-    return HostProcess(pid=pid, comm=comm, state=fields[0], flags=int(fields[6]),
-                       cpu_ticks=int(fields[11]) + int(fields[12]), start=int(fields[19]),
-                       nspid=nspid)
+    if stat is None:
+        return None
+    nspid = tuple(int(value) for value in status.get("NSpid", "").split())
+    return HostProcess(pid=pid, comm=stat.comm, state=stat.state, flags=stat.flags,
+                       cpu_ticks=stat.cpu_ticks, start=stat.start, nspid=nspid)
 
 
 def processes() -> List[HostProcess]:
-    found = []
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            process = read_process(int(name))
-            if process is not None:
-                found.append(process)
-    return found
+    return proc.processes(read_process)
 
 
 def refresh(process: HostProcess) -> HostProcess | None:
@@ -109,7 +94,7 @@ def is_present(process: HostProcess) -> bool:
 
 def now_ticks() -> int:
     """The current time in the unit of HostProcess.start."""
-    return int(time.clock_gettime(time.CLOCK_BOOTTIME) * CLOCK_TICKS)
+    return int(time.clock_gettime(time.CLOCK_BOOTTIME) * proc.CLOCK_TICKS)
 
 
 def namespace_id(text: str) -> int:
@@ -118,27 +103,6 @@ def namespace_id(text: str) -> int:
     if match is None:
         raise ValueError(f"no PID namespace in {text!r}")
     return int(match.group(1))
-
-
-def pid_namespace(pid: int) -> int | None:
-    try:
-        return namespace_id(os.readlink(f"/proc/{pid}/ns/pid"))
-    except OSError:  # gone, or (the host's own init here) not readable even for root
-        return None
-
-
-def cmdline(pid: int) -> List[str]:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as handle:
-            raw = handle.read()
-    except OSError:
-        return []
-    return [arg.decode(errors="replace") for arg in raw.split(b"\0")[:-1]]
-
-
-def status_fields(pid: int) -> Dict[str, str]:
-    with open(f"/proc/{pid}/status") as handle:
-        return dict(line.split(":\t", 1) for line in handle.read().splitlines() if ":\t" in line)
 
 
 def fd_targets(pid: int) -> Dict[int, str]:
@@ -177,14 +141,7 @@ def tagged(tag: str) -> List[HostProcess]:
     needle = f"{TAG_VARIABLE}={tag}".encode()
     found = []
     for process in processes():
-        if process.exited:
-            continue
-        try:
-            with open(f"/proc/{process.pid}/environ", "rb") as handle:
-                environment = handle.read().split(b"\0")
-        except OSError:
-            continue
-        if needle in environment:
+        if not process.exited and needle in proc.environ(process.pid):
             found.append(process)
     return found
 
@@ -213,7 +170,7 @@ def namespace_init(namespace: int) -> HostProcess | None:
 def session_inits() -> List[HostProcess]:
     """Running PID 1s of sessions, anybody's: what `pgrep pam_unshare` would count."""
     return [process for process in processes()
-            if process.comm == INIT_COMM and process.is_namespace_init and not process.exited]
+            if process.comm == proc.INIT_COMM and process.is_namespace_init and not process.exited]
 
 
 def kill(process: HostProcess, sig: int = signal.SIGKILL) -> None:
@@ -270,12 +227,7 @@ def wait_until_none(probe: Callable[[], List[T]], timeout: float = 30.0,
 
 def environment_tags(pid: int) -> List[str]:
     prefix = f"{TAG_VARIABLE}=".encode()
-    try:
-        with open(f"/proc/{pid}/environ", "rb") as handle:
-            variables = handle.read().split(b"\0")
-    except OSError:
-        return []
-    return [variable[len(prefix):].decode(errors="replace") for variable in variables
+    return [variable[len(prefix):].decode(errors="replace") for variable in proc.environ(pid)
             if variable.startswith(prefix)]
 
 
