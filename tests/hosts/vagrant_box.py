@@ -33,7 +33,7 @@ from typing import IO
 
 from pyroute2 import NetNS, netns
 
-from .cache import DEFAULT_CACHE_DIR, publish, run_logged, tail
+from .cache import DEFAULT_CACHE_DIR, publish, remove_tree, run_logged, tail
 from .qemu_vm import VmImage, build_image
 
 BOX_NAME = "pam-unshare-bookworm"
@@ -122,6 +122,11 @@ def build_box(cache_dir: Path = DEFAULT_CACHE_DIR) -> Box:
 
     path = publish(Path(cache_dir), name, ".vagrant.lock",
                    lambda final: (final / _BOX_FILE).exists(), build)
+    # Boxes of older images or recipes: 700 MiB each, and `vagrant box add` has its own copy.
+    for old in Path(cache_dir).glob("vagrant-*"):
+        if old.is_dir() and old != path:
+            remove_tree(old)
+            old.with_name(old.name + ".log").unlink(missing_ok=True)
     return Box(path, path / _BOX_FILE, path / _KEY, stamp)
 
 
