@@ -67,7 +67,7 @@ from typing import IO
 
 if __package__:
     from .cache import DEFAULT_CACHE_DIR, publish, remove_tree, run_logged, tail
-    from .systemd_container import SUITE, host_debian_mirrors
+    from .systemd_container import BASE_PACKAGES, SUITE, host_debian_mirrors
 else:  # run as a script: python3 tests/hosts/qemu_vm.py
     from cache import (  # type: ignore[no-redef]
         DEFAULT_CACHE_DIR,
@@ -76,26 +76,18 @@ else:  # run as a script: python3 tests/hosts/qemu_vm.py
         run_logged,
         tail,
     )
-    from systemd_container import SUITE, host_debian_mirrors  # type: ignore[no-redef]
+    from systemd_container import (  # type: ignore[no-redef]
+        BASE_PACKAGES,
+        SUITE,
+        host_debian_mirrors,
+    )
 
 VARIANT = "minbase"
 PACKAGES: tuple[str, ...] = (
+    *BASE_PACKAGES,
     "linux-image-amd64",
-    "systemd-sysv",
-    "dbus",
-    "libpam-systemd",
-    "sudo",
-    "procps",
-    "util-linux",
-    "python3",
-    "iproute2",
-    "openssh-server",
-    "passwd",
-    "login",
     # libpam-unshare's .deb depends on it, and the VM has no network to fetch it later.
     "usr-is-merged",
-    # And the CLI package's (pam-unshare) one dependency outside python3.
-    "python3-cffi-backend",
 )
 IMAGE_SIZE = "2G"
 HOSTNAME = "pam-unshare-vm"

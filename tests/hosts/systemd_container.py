@@ -39,7 +39,8 @@ else:  # run as a script: python3 tests/hosts/systemd_container.py
 
 SUITE = "bookworm"  # the default release; build_rootfs(suite=...) makes the others
 VARIANT = "minbase"
-PACKAGES: tuple[str, ...] = (
+# What every test host has: systemd as PID 1 with logind, the entry paths, ssh, python3.
+BASE_PACKAGES: tuple[str, ...] = (
     "systemd-sysv",
     "dbus",
     "libpam-systemd",
@@ -51,12 +52,15 @@ PACKAGES: tuple[str, ...] = (
     "openssh-server",
     "passwd",
     "login",
+    # The CLI package's one dependency outside python3 (test hosts have no network to fetch it).
+    "python3-cffi-backend",
+)
+PACKAGES: tuple[str, ...] = (
+    *BASE_PACKAGES,
     # The sidesteps of issue 13: the user's own systemd manager with a bus, cron and at jobs.
     "dbus-user-session",
     "cron",
     "at",
-    # The CLI package's one dependency outside python3 (test hosts have no network to fetch it).
-    "python3-cffi-backend",
 )
 # What a release has on top of PACKAGES: Debian 13's entry paths (sudo-rs; run0 comes with
 # systemd 257, sshd-session with OpenSSH 10).
