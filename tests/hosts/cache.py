@@ -78,6 +78,16 @@ def publish(cache_dir: Path, name: str, lock_name: str, ready: Callable[[Path], 
     return final
 
 
+def mmdebstrap(variant: str, packages: Sequence[str], hooks: Sequence[str], suite: str,
+               target: Path, mirrors: Sequence[str]) -> list[str]:
+    """The mmdebstrap command line for an image, in a private mount namespace: mmdebstrap's root
+    mode mounts /proc, /sys and /dev below the target; if it dies without cleaning up, those
+    mounts die with the namespace instead of lingering on the host."""
+    return ["unshare", "--mount", "--propagation=private", "--",
+            "mmdebstrap", f"--variant={variant}", "--include=" + ",".join(packages), *hooks,
+            suite, str(target), *mirrors]
+
+
 def run_logged(argv: Sequence[str], out: IO[bytes], lock: IO[str],
                error: type[Exception] = CacheError) -> None:
     """Run a build step with its output in the build log *out*; raise *error* if it fails."""

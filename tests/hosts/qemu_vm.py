@@ -66,11 +66,12 @@ from types import TracebackType
 from typing import IO
 
 if __package__:
-    from .cache import DEFAULT_CACHE_DIR, publish, remove_tree, run_logged, tail
+    from .cache import DEFAULT_CACHE_DIR, mmdebstrap, publish, remove_tree, run_logged, tail
     from .systemd_container import BASE_PACKAGES, SUITE, host_debian_mirrors
 else:  # run as a script: python3 tests/hosts/qemu_vm.py
     from cache import (  # type: ignore[no-redef]
         DEFAULT_CACHE_DIR,
+        mmdebstrap,
         publish,
         remove_tree,
         run_logged,
@@ -253,22 +254,9 @@ def build_image(
         tree = tmp / "tree"
         with open(log, "wb") as out:
             run_logged(
-                [
-                    # A private mount namespace: if mmdebstrap dies without unmounting
-                    # /proc, /sys and /dev below the tree, the mounts die with it.
-                    "unshare",
-                    "--mount",
-                    "--propagation=private",
-                    "--",
-                    "mmdebstrap",
-                    f"--variant={VARIANT}",
-                    "--include=" + ",".join(packages),
-                    "--essential-hook=" + _ESSENTIAL_HOOK,
-                    "--customize-hook=" + _CUSTOMIZE_HOOK,
-                    SUITE,
-                    str(tree),
-                    *mirrors,
-                ],
+                mmdebstrap(VARIANT, packages, ["--essential-hook=" + _ESSENTIAL_HOOK,
+                                               "--customize-hook=" + _CUSTOMIZE_HOOK],
+                           SUITE, tree, mirrors),
                 out,
                 lock,
                 VmError,

@@ -28,10 +28,11 @@ from types import TracebackType
 from typing import IO
 
 if __package__:
-    from .cache import DEFAULT_CACHE_DIR, publish, run_logged, tail
+    from .cache import DEFAULT_CACHE_DIR, mmdebstrap, publish, run_logged, tail
 else:  # run as a script: python3 tests/hosts/systemd_container.py
     from cache import (  # type: ignore[no-redef]
         DEFAULT_CACHE_DIR,
+        mmdebstrap,
         publish,
         run_logged,
         tail,
@@ -202,17 +203,7 @@ def build_rootfs(
     log = log or Path(cache_dir) / f"{name}.log"
 
     def build(tmp: Path, lock: IO[str]) -> None:
-        argv = [
-            # A private mount namespace: mmdebstrap's root mode mounts /proc, /sys
-            # and /dev nodes below the target; if it dies without cleaning up,
-            # those mounts die with the namespace instead of lingering on the host.
-            "unshare",
-            "--mount",
-            "--propagation=private",
-            "--",
-            "mmdebstrap",
-            f"--variant={VARIANT}",
-            "--include=" + ",".join(packages),
+        argv = mmdebstrap(VARIANT, packages, [
             # A fixed, resolvable hostname (sudo warns otherwise), a locale file
             # (pam_env warns otherwise) and an empty machine-id so that every
             # boot gets a fresh one.
@@ -221,10 +212,7 @@ def build_rootfs(
             f' {_HOSTNAME} > "$1/etc/hosts"',
             '--customize-hook=echo LANG=C.UTF-8 > "$1/etc/default/locale"',
             '--customize-hook=: > "$1/etc/machine-id"',
-            suite,
-            str(tmp),
-            *mirrors,
-        ]
+        ], suite, tmp, mirrors)
         with open(log, "wb") as out:
             run_logged(argv, out, lock, ContainerError)
 
