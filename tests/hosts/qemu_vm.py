@@ -48,7 +48,6 @@ import base64
 import contextlib
 import ctypes
 import dataclasses
-import fcntl
 import hashlib
 import json
 import os
@@ -67,40 +66,29 @@ from types import TracebackType
 from typing import IO
 
 if __package__:
-    from .systemd_container import (
-        DEFAULT_CACHE_DIR,
-        SUITE,
-        _remove_tree,
-        _tail,
-        host_debian_mirrors,
-    )
+    from .cache import DEFAULT_CACHE_DIR, mmdebstrap, publish, remove_tree, run_logged, tail
+    from .systemd_container import BASE_PACKAGES, SUITE, host_debian_mirrors
 else:  # run as a script: python3 tests/hosts/qemu_vm.py
-    from systemd_container import (  # type: ignore[no-redef]
+    from cache import (  # type: ignore[no-redef]
         DEFAULT_CACHE_DIR,
+        mmdebstrap,
+        publish,
+        remove_tree,
+        run_logged,
+        tail,
+    )
+    from systemd_container import (  # type: ignore[no-redef]
+        BASE_PACKAGES,
         SUITE,
-        _remove_tree,
-        _tail,
         host_debian_mirrors,
     )
 
 VARIANT = "minbase"
 PACKAGES: tuple[str, ...] = (
+    *BASE_PACKAGES,
     "linux-image-amd64",
-    "systemd-sysv",
-    "dbus",
-    "libpam-systemd",
-    "sudo",
-    "procps",
-    "util-linux",
-    "python3",
-    "iproute2",
-    "openssh-server",
-    "passwd",
-    "login",
     # libpam-unshare's .deb depends on it, and the VM has no network to fetch it later.
     "usr-is-merged",
-    # And the CLI package's (pam-unshare) one dependency outside python3.
-    "python3-cffi-backend",
 )
 IMAGE_SIZE = "2G"
 HOSTNAME = "pam-unshare-vm"
@@ -258,78 +246,56 @@ def build_image(
     cache_dir = Path(cache_dir)
     mirrors = host_debian_mirrors()
     key = image_key(mirrors, packages)
-    final = cache_dir / f"vm-{SUITE}-{key}"
-    if (final / _MANIFEST).exists():
-        return VmImage.load(final)
+    name = f"vm-{SUITE}-{key}"
+    log = log or cache_dir / f"{name}.log"
 
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    log = log or cache_dir / f"vm-{SUITE}-{key}.log"
-    with open(cache_dir / ".vm.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if (final / _MANIFEST).exists():  # another builder finished meanwhile
-            return VmImage.load(final)
-        # We hold the lock: temporary directories left here belong to interrupted builds.
-        for stale in cache_dir.glob(".tmp-vm-*"):
-            _remove_tree(stale)
-        tmp = Path(tempfile.mkdtemp(prefix=".tmp-vm-", dir=cache_dir))
+    def build(tmp: Path, lock: IO[str]) -> None:
         started = time.monotonic()
-        try:
-            tree = tmp / "tree"
-            with open(log, "wb") as out:
-                _run_logged(
-                    [
-                        # A private mount namespace: if mmdebstrap dies without unmounting
-                        # /proc, /sys and /dev below the tree, the mounts die with it.
-                        "unshare",
-                        "--mount",
-                        "--propagation=private",
-                        "--",
-                        "mmdebstrap",
-                        f"--variant={VARIANT}",
-                        "--include=" + ",".join(packages),
-                        "--essential-hook=" + _ESSENTIAL_HOOK,
-                        "--customize-hook=" + _CUSTOMIZE_HOOK,
-                        SUITE,
-                        str(tree),
-                        *mirrors,
-                    ],
-                    out,
-                    lock,
-                )
-                kernels = sorted((tree / "boot").glob("vmlinuz-*"))
-                if len(kernels) != 1:
-                    raise VmError(f"expected one kernel in {tree / 'boot'}, found {kernels}")
-                version = kernels[0].name[len("vmlinuz-") :]
-                shutil.copyfile(kernels[0], tmp / "vmlinuz")
-                shutil.copyfile(tree / "boot" / f"initrd.img-{version}", tmp / "initrd.img")
-                _run_logged(
-                    ["mkfs.ext4", "-q", "-F", "-L", "root", "-d", str(tree),
-                     str(tmp / "disk.raw"), IMAGE_SIZE],
-                    out,
-                    lock,
-                )  # fmt: skip
-            _remove_tree(tree)
-            # Read-only: QEMU opens it only as the backing file of throwaway overlays.
-            (tmp / "disk.raw").chmod(0o444)
-            manifest = {
-                "key": key,
-                "suite": SUITE,
-                "variant": VARIANT,
-                "packages": sorted(packages),
-                "mirrors": list(mirrors),
-                "kernel_version": version,
-                "disk": "disk.raw",
-                "kernel": "vmlinuz",
-                "initrd": "initrd.img",
-                "build_seconds": round(time.monotonic() - started, 1),
-                "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            }
-            (tmp / _MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-            tmp.chmod(0o755)
-            os.rename(tmp, final)
-        except BaseException:
-            _remove_tree(tmp)
-            raise
+        tree = tmp / "tree"
+        with open(log, "wb") as out:
+            run_logged(
+                mmdebstrap(VARIANT, packages, ["--essential-hook=" + _ESSENTIAL_HOOK,
+                                               "--customize-hook=" + _CUSTOMIZE_HOOK],
+                           SUITE, tree, mirrors),
+                out,
+                lock,
+                VmError,
+            )
+            kernels = sorted((tree / "boot").glob("vmlinuz-*"))
+            if len(kernels) != 1:
+                raise VmError(f"expected one kernel in {tree / 'boot'}, found {kernels}")
+            version = kernels[0].name[len("vmlinuz-") :]
+            shutil.copyfile(kernels[0], tmp / "vmlinuz")
+            shutil.copyfile(tree / "boot" / f"initrd.img-{version}", tmp / "initrd.img")
+            run_logged(
+                ["mkfs.ext4", "-q", "-F", "-L", "root", "-d", str(tree),
+                 str(tmp / "disk.raw"), IMAGE_SIZE],
+                out,
+                lock,
+                VmError,
+            )  # fmt: skip
+        remove_tree(tree)
+        # Read-only: QEMU opens it only as the backing file of throwaway overlays.
+        (tmp / "disk.raw").chmod(0o444)
+        manifest = {
+            "key": key,
+            "suite": SUITE,
+            "variant": VARIANT,
+            "packages": sorted(packages),
+            "mirrors": list(mirrors),
+            "kernel_version": version,
+            "disk": "disk.raw",
+            "kernel": "vmlinuz",
+            "initrd": "initrd.img",
+            "build_seconds": round(time.monotonic() - started, 1),
+            "built": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        (tmp / _MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+
+    final = cache_dir / name
+    fresh = not (final / _MANIFEST).exists()
+    publish(cache_dir, name, ".vm.lock", lambda path: (path / _MANIFEST).exists(), build)
+    if fresh:
         _prune_other_images(cache_dir, keep=final)
     return VmImage.load(final)
 
@@ -342,35 +308,8 @@ def _prune_other_images(cache_dir: Path, keep: Path) -> None:
     """
     for old in cache_dir.glob(f"vm-{SUITE}-*"):
         if old != keep and old.is_dir():
-            _remove_tree(old)
+            remove_tree(old)
             old.with_name(old.name + ".log").unlink(missing_ok=True)
-
-
-def _run_logged(argv: Sequence[str], out: IO[bytes], lock: IO[str]) -> None:
-    """Run a build step with its output in the build log; raise VmError if it fails."""
-    out.write(f"+ {shlex.join(argv)[:300]}\n".encode())
-    out.flush()
-    proc = subprocess.Popen(
-        argv,
-        stdin=subprocess.DEVNULL,
-        stdout=out,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-        # The build holds the lock as long as any of its processes lives, even if we are
-        # killed: no other builder removes a tree in use.
-        pass_fds=(lock.fileno(),),
-    )
-    try:
-        returncode = proc.wait()
-    except BaseException:  # interrupted: stop apt and dpkg too, not just mmdebstrap
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-        raise
-    if returncode != 0:
-        raise VmError(
-            f"{argv[0]} failed (rc {returncode}); see {out.name}:\n" + _tail(Path(out.name))
-        )
 
 
 # --------------------------------------------------------------------------- #
@@ -499,7 +438,7 @@ class QemuVm:
                     self._wait_ssh(started + self.boot_timeout)
                 except VmError:
                     # Lost the race for a port between choosing it and QEMU binding it.
-                    if attempt < 2 and "host forwarding" in _tail(self.qemu_log):
+                    if attempt < 2 and "host forwarding" in tail(self.qemu_log):
                         self._kill()
                         continue
                     raise
@@ -587,14 +526,14 @@ class QemuVm:
             if self._proc.poll() is not None:
                 raise VmError(
                     f"QEMU exited with {self._proc.returncode}; "
-                    f"{self.qemu_log}:\n{_tail(self.qemu_log)}\n"
-                    f"console {self.console_log}:\n{_tail(self.console_log)}"
+                    f"{self.qemu_log}:\n{tail(self.qemu_log)}\n"
+                    f"console {self.console_log}:\n{tail(self.console_log)}"
                 )
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise VmError(
                     f"no ssh to the VM's port {port} in time ({last.strip()}); "
-                    f"console {self.console_log}:\n{_tail(self.console_log)}"
+                    f"console {self.console_log}:\n{tail(self.console_log)}"
                 )
             try:
                 res = subprocess.run(

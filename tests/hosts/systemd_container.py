@@ -13,12 +13,10 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import fcntl
 import hashlib
 import os
 import re
 import secrets
-import shutil
 import signal
 import subprocess
 import sys
@@ -27,11 +25,23 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
+from typing import IO
 
-DEFAULT_CACHE_DIR = Path("/var/cache/pam-unshare-tests")
+if __package__:
+    from .cache import DEFAULT_CACHE_DIR, mmdebstrap, publish, run_logged, tail
+else:  # run as a script: python3 tests/hosts/systemd_container.py
+    from cache import (  # type: ignore[no-redef]
+        DEFAULT_CACHE_DIR,
+        mmdebstrap,
+        publish,
+        run_logged,
+        tail,
+    )
+
 SUITE = "bookworm"  # the default release; build_rootfs(suite=...) makes the others
 VARIANT = "minbase"
-PACKAGES: tuple[str, ...] = (
+# What every test host has: systemd as PID 1 with logind, the entry paths, ssh, python3.
+BASE_PACKAGES: tuple[str, ...] = (
     "systemd-sysv",
     "dbus",
     "libpam-systemd",
@@ -43,12 +53,15 @@ PACKAGES: tuple[str, ...] = (
     "openssh-server",
     "passwd",
     "login",
+    # The CLI package's one dependency outside python3 (test hosts have no network to fetch it).
+    "python3-cffi-backend",
+)
+PACKAGES: tuple[str, ...] = (
+    *BASE_PACKAGES,
     # The sidesteps of issue 13: the user's own systemd manager with a bus, cron and at jobs.
     "dbus-user-session",
     "cron",
     "at",
-    # The CLI package's one dependency outside python3 (test hosts have no network to fetch it).
-    "python3-cffi-backend",
 )
 # What a release has on top of PACKAGES: Debian 13's entry paths (sudo-rs; run0 comes with
 # systemd 257, sshd-session with OpenSSH 10).
@@ -183,94 +196,28 @@ def build_rootfs(
     concurrent builders. The mmdebstrap output goes to *log* (default:
     ``<cache_dir>/rootfs-bookworm-<hash>.log``).
     """
-    cache_dir = Path(cache_dir)
     packages = suite_packages(suite) if packages is None else packages
     mirrors = host_debian_mirrors(suite)
     key = rootfs_key(mirrors, packages, suite)
-    final = cache_dir / f"rootfs-{suite}-{key}"
-    if (final / "etc" / "os-release").exists():
-        return final
+    name = f"rootfs-{suite}-{key}"
+    log = log or Path(cache_dir) / f"{name}.log"
 
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    log = log or cache_dir / f"rootfs-{suite}-{key}.log"
-    with open(cache_dir / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if (final / "etc" / "os-release").exists():  # another builder finished
-            return final
-        # We hold the lock: temp dirs left here belong to interrupted builds.
-        for stale in cache_dir.glob(".tmp-rootfs-*"):
-            _remove_tree(stale)
-        tmp = Path(tempfile.mkdtemp(prefix=".tmp-rootfs-", dir=cache_dir))
-        try:
-            argv = [
-                # A private mount namespace: mmdebstrap's root mode mounts /proc, /sys
-                # and /dev nodes below the target; if it dies without cleaning up,
-                # those mounts die with the namespace instead of lingering on the host.
-                "unshare",
-                "--mount",
-                "--propagation=private",
-                "--",
-                "mmdebstrap",
-                f"--variant={VARIANT}",
-                "--include=" + ",".join(packages),
-                # A fixed, resolvable hostname (sudo warns otherwise), a locale file
-                # (pam_env warns otherwise) and an empty machine-id so that every
-                # boot gets a fresh one.
-                f'--customize-hook=echo {_HOSTNAME} > "$1/etc/hostname"',
-                "--customize-hook=printf '127.0.0.1\\tlocalhost\\n127.0.1.1\\t%s\\n'"
-                f' {_HOSTNAME} > "$1/etc/hosts"',
-                '--customize-hook=echo LANG=C.UTF-8 > "$1/etc/default/locale"',
-                '--customize-hook=: > "$1/etc/machine-id"',
-                suite,
-                str(tmp),
-                *mirrors,
-            ]
-            with open(log, "wb") as out:
-                proc = subprocess.Popen(
-                    argv,
-                    stdin=subprocess.DEVNULL,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                    start_new_session=True,
-                    # The build holds the lock as long as any of its processes lives,
-                    # even if we are killed: no other builder removes a tree in use.
-                    pass_fds=(lock.fileno(),),
-                )
-                try:
-                    returncode = proc.wait()
-                except BaseException:  # interrupted: stop apt and dpkg too, not just mmdebstrap
-                    with contextlib.suppress(ProcessLookupError):
-                        os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait()
-                    raise
-            if returncode != 0:
-                raise ContainerError(
-                    f"mmdebstrap failed (rc {returncode}); see {log}:\n" + _tail(log)
-                )
-            tmp.chmod(0o755)
-            os.rename(tmp, final)
-        except BaseException:
-            _remove_tree(tmp)
-            raise
-    return final
+    def build(tmp: Path, lock: IO[str]) -> None:
+        argv = mmdebstrap(VARIANT, packages, [
+            # A fixed, resolvable hostname (sudo warns otherwise), a locale file
+            # (pam_env warns otherwise) and an empty machine-id so that every
+            # boot gets a fresh one.
+            f'--customize-hook=echo {_HOSTNAME} > "$1/etc/hostname"',
+            "--customize-hook=printf '127.0.0.1\\tlocalhost\\n127.0.1.1\\t%s\\n'"
+            f' {_HOSTNAME} > "$1/etc/hosts"',
+            '--customize-hook=echo LANG=C.UTF-8 > "$1/etc/default/locale"',
+            '--customize-hook=: > "$1/etc/machine-id"',
+        ], suite, tmp, mirrors)
+        with open(log, "wb") as out:
+            run_logged(argv, out, lock, ContainerError)
 
-
-def _remove_tree(path: Path) -> None:
-    """rm -rf *path*, but never into something mounted below it."""
-    prefix = str(path.resolve()) + "/"
-    for line in Path("/proc/self/mountinfo").read_text().splitlines():
-        mountpoint = line.split()[4].replace("\\040", " ")
-        if mountpoint.startswith(prefix) or mountpoint == prefix[:-1]:
-            raise ContainerError(f"refusing to remove {path}: {mountpoint} is mounted below it")
-    shutil.rmtree(path, ignore_errors=True)
-
-
-def _tail(path: Path, lines: int = 40) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return ""
-    return "\n".join(text.splitlines()[-lines:])
+    return publish(Path(cache_dir), name, ".lock",
+                   lambda final: (final / "etc" / "os-release").exists(), build)
 
 
 # --------------------------------------------------------------------------- #
@@ -465,7 +412,7 @@ class SystemdContainer:
             if self._proc.poll() is not None:
                 raise ContainerError(
                     f"systemd-nspawn exited with {self._proc.returncode} while booting; "
-                    f"log {self.log_path}:\n{_tail(self.log_path)}"
+                    f"log {self.log_path}:\n{tail(self.log_path)}"
                 )
             for pid in _descendants(self._proc.pid):
                 try:
@@ -478,7 +425,7 @@ class SystemdContainer:
             time.sleep(0.05)
         raise ContainerError(
             f"no systemd PID 1 appeared under systemd-nspawn; log {self.log_path}:\n"
-            f"{_tail(self.log_path)}"
+            f"{tail(self.log_path)}"
         )
 
     def _wait_booted(self, deadline: float) -> None:
@@ -513,7 +460,7 @@ class SystemdContainer:
             time.sleep(0.1)
         raise ContainerError(
             f"container {self.name} did not finish booting ({last.strip()}); "
-            f"log {self.log_path}:\n{_tail(self.log_path)}"
+            f"log {self.log_path}:\n{tail(self.log_path)}"
         )
 
     # -- cgroups ----------------------------------------------------------- #
