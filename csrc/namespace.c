@@ -16,6 +16,7 @@
 #include <sys/file.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <sys/syscall.h>
 #include <sys/un.h>
 #include <stdio.h>
@@ -40,11 +41,17 @@
 #ifndef SYS_listmount
 #define SYS_listmount 458
 #endif
-/* The 32-bit uid call where the architecture has both (i386, arm): the plain one takes 16 bits. */
+/* The 32-bit id calls where the architecture has both (i386, arm): the plain ones take 16 bits.
+ * Called raw: glibc's wrappers in a process that ever had a second thread broadcast the change to
+ * every thread, under a lock that the suspended caller (see clone_init) may be needed to free. */
 #ifdef SYS_setresuid32
 #define PU_SYS_SETRESUID SYS_setresuid32
+#define PU_SYS_SETRESGID SYS_setresgid32
+#define PU_SYS_SETGROUPS SYS_setgroups32
 #else
 #define PU_SYS_SETRESUID SYS_setresuid
+#define PU_SYS_SETRESGID SYS_setresgid
+#define PU_SYS_SETGROUPS SYS_setgroups
 #endif
 #ifndef STATX_MNT_ID_UNIQUE
 #define STATX_MNT_ID_UNIQUE 0x4000U
@@ -73,6 +80,9 @@ struct pu_statmount {
     char str[];
 };
 _Static_assert(sizeof(struct pu_statmount) == 512, "struct statmount of the kernel's ABI");
+#ifndef CLOSE_RANGE_CLOEXEC
+#define CLOSE_RANGE_CLOEXEC (1U << 2)
+#endif
 #ifndef P_PIDFD
 #define P_PIDFD 3
 #endif
@@ -424,6 +434,13 @@ static int pin_into(struct procfs_pins *pins, uint64_t id, unsigned int id_kind,
     return 0;
 }
 
+/* Whether the (cut) mountinfo LINE holds its separator and the whole file system type after it. */
+static int type_is_whole(const char *line)
+{
+    const char *separator = strstr(line, " - ");
+    return separator != NULL && strchr(separator + 3, ' ') != NULL;
+}
+
 /* A procfs could not be pinned: hidden (see pin_into), or another failure. */
 __attribute__((noreturn)) static void procfs_failed(int ready_fd, const struct procfs_pins *pins)
 {
@@ -475,7 +492,9 @@ static void find_procfs_in_mountinfo(int ready_fd, struct procfs_pins *pins)
         if (start == 0 && end == MOUNTINFO_LINE_MAX) {
             /* A line longer than the buffer: judged by its start, the rest of it skipped. */
             buffer[end] = '\0';
-            if (!skipping && strstr(buffer, " - ") == NULL) {
+            /* The type must be there whole, with the blank after it: a start cut inside it
+             * (a user can size a path for that) would pass a procfs for something else. */
+            if (!skipping && !type_is_whole(buffer)) {
                 errno = ENAMETOOLONG;
                 child_failed(ready_fd, STEP_COVER_PROCFS);
             }
@@ -587,6 +606,7 @@ struct child_start {
     struct init_fds fds;
     const char *listen_path;
     char max_joined[16]; /* argv[3] of the init */
+    struct sockaddr_un listen_address; /* of listen_path */
     int suspended;       /* the caller waits in clone_init, without a timeout */
     /* Written by the child (shared memory when suspended): when each phase ended. */
     long phase_end_us[PU_PHASE_COUNT];
@@ -609,7 +629,7 @@ static void phase_done(struct child_start *start, enum pu_phase phase)
 /* Closes every inherited descriptor but the ones in FDS (-1: none): first, so that what the
  * child opens next gets a low number whatever the user's RLIMIT_NOFILE, and the caller's socket,
  * pty and pipes are never kept alive by PID 1. */
-static void keep_only(const struct init_fds *given)
+static int keep_only(const struct init_fds *given, unsigned int how)
 {
     int keep[5] = {given->lifeline, given->ready, given->listener, given->program, given->slot};
     unsigned int next = 0;
@@ -624,18 +644,46 @@ static void keep_only(const struct init_fds *given)
     for (int i = 0; i < 5; i++) {
         if (keep[i] < 0 || (unsigned int)keep[i] < next)
             continue;
-        if ((unsigned int)keep[i] > next && syscall(SYS_close_range, next, keep[i] - 1, 0) < 0)
-            child_failed(given->ready, STEP_CLOSE_FDS);
+        if ((unsigned int)keep[i] > next &&
+            syscall(SYS_close_range, next, keep[i] - 1, how) < 0)
+            return -1;
         next = (unsigned int)keep[i] + 1;
     }
-    if (syscall(SYS_close_range, next, ~0U, 0) < 0)
-        child_failed(given->ready, STEP_CLOSE_FDS);
+    return syscall(SYS_close_range, next, ~0U, how) < 0 ? -1 : 0;
 }
 
-/* Moves each of FDS (nothing else is open: keep_only) to the number of protocol.h. A descriptor
+/* File systems where closing a descriptor cannot wait on anyone (no ->flush that asks a server
+ * or a daemon): pipes, sockets, terminals, memory and local disks. */
+static int closes_without_waiting(int fd)
+{
+    static const unsigned long LOCAL[] = {
+        0x50495045, /* pipefs */   0x534F434B, /* sockfs */   0x09041934, /* anon_inode */
+        0x1cd1,     /* devpts */   0x01021994, /* tmpfs, devtmpfs */ 0x858458f6, /* ramfs */
+        0x9fa0,     /* proc */     0x62656572, /* sysfs */    0x6e736673, /* nsfs */
+        0x50494446, /* pidfs */    0xEF53,     /* ext2-4 */   0x58465342, /* xfs */
+        0x9123683E, /* btrfs */    0xF2F52010, /* f2fs */     0x73717368, /* squashfs */
+    };
+    struct statfs where;
+
+    if (fstatfs(fd, &where) < 0)
+        return 0;
+    for (size_t i = 0; i < sizeof LOCAL / sizeof LOCAL[0]; i++)
+        if ((unsigned long)where.f_type == LOCAL[i])
+            return 1;
+    return 0;
+}
+
+/* Whether FD is one of the init's own (GIVEN), not one of the caller's. */
+static int owned_by_init(const struct init_fds *given, int fd)
+{
+    return fd == given->lifeline || fd == given->ready || fd == given->listener ||
+           fd == given->program || fd == given->slot;
+}
+
+/* Moves each of FDS (unsuspended, nothing else is open: keep_only) to the number of protocol.h. A descriptor
  * sitting on another's number is moved out of the way to the lowest free one, which exists below
  * PU_INIT_LAST_FD + 1 (five descriptors, eight numbers): no RLIMIT_NOFILE above that is needed. */
-static void arrange_fds(struct init_fds *given)
+static void arrange_fds(struct init_fds *given, int suspended)
 {
     enum { N = 5 };
     int *fds[N] = {&given->lifeline, &given->ready, &given->listener, &given->program,
@@ -661,6 +709,11 @@ static void arrange_fds(struct init_fds *given)
                 *fds[j] = moved; /* the old number is replaced by dup3 below */
             }
         }
+        /* dup3 closes a caller's descriptor sitting on the number (suspended, they are still
+         * open): only where closing cannot wait (see keep_only's caller). */
+        if (suspended && fcntl(targets[i], F_GETFD) >= 0 && !owned_by_init(given, targets[i]) &&
+            !closes_without_waiting(targets[i]))
+            child_needs_timeout(given->ready);
         /* The program is exec'd through its fd and needs no copy in the init. */
         if (dup3(old, targets[i], targets[i] == PU_INIT_PROGRAM_FD ? O_CLOEXEC : 0) < 0)
             child_failed(given->ready, STEP_MOVE_FDS);
@@ -678,13 +731,11 @@ static void socket_address(struct sockaddr_un *addr, const char *path)
     snprintf(addr->sun_path, sizeof addr->sun_path, "%s", path);
 }
 
-static int listen_for_joiners(const char *path, int ready_fd)
+static int listen_for_joiners(const struct sockaddr_un *addr, int ready_fd)
 {
-    struct sockaddr_un addr;
     int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 
-    socket_address(&addr, path);
-    if (fd < 0 || bind(fd, (struct sockaddr *)&addr, sizeof addr) < 0 ||
+    if (fd < 0 || bind(fd, (const struct sockaddr *)addr, sizeof *addr) < 0 ||
         listen(fd, LISTEN_BACKLOG) < 0)
         child_failed(ready_fd, STEP_LISTEN);
     return fd;
@@ -700,7 +751,7 @@ static void drop_privileges(int ready_fd)
                                      SECBIT_KEEP_CAPS_LOCKED | SECBIT_NO_CAP_AMBIENT_RAISE |
                                      SECBIT_NO_CAP_AMBIENT_RAISE_LOCKED;
 
-    if (setgroups(0, NULL) < 0)
+    if (syscall(PU_SYS_SETGROUPS, 0, NULL) < 0)
         child_failed(ready_fd, STEP_DROP_GROUPS);
     if (prctl(PR_SET_SECUREBITS, securebits, 0, 0, 0) < 0)
         child_failed(ready_fd, STEP_SECUREBITS);
@@ -722,7 +773,7 @@ static void drop_privileges(int ready_fd)
  * our own, before anything they could break. */
 static void take_identity(int ready_fd)
 {
-    if (setresgid(0, 0, 0) < 0 || setresuid(0, 0, 0) < 0)
+    if (syscall(PU_SYS_SETRESGID, 0, 0, 0) < 0 || syscall(PU_SYS_SETRESUID, 0, 0, 0) < 0)
         child_failed(ready_fd, STEP_IDENTITY);
     for (size_t i = 0; i < sizeof INIT_LIMITS / sizeof INIT_LIMITS[0]; i++) {
         struct rlimit limit = {INIT_LIMITS[i].value, INIT_LIMITS[i].value};
@@ -755,7 +806,24 @@ __attribute__((noreturn)) static void become_init(struct child_start *start)
 
     phase_done(start, PU_PHASE_CLONE);
     take_identity(ready);
-    keep_only(&fds);
+    if (start->suspended) {
+        /* Closing a descriptor may wait on whoever serves its file (FLUSH to a user's FUSE
+         * daemon, which the user can stop): the suspended child only marks the caller's close-on-
+         * exec. The exec closes them after it has let the caller go, and a stall there is the
+         * caller's timeout. The caller's descriptors stay open until then, so the child wants the
+         * room of its own descriptor limit; held to less (the user's ulimit -n), it asks for an
+         * unsuspended start, which closes them first. */
+        struct rlimit nofile;
+        if (getrlimit(RLIMIT_NOFILE, &nofile) < 0 || nofile.rlim_cur < PU_INIT_NOFILE)
+            child_needs_timeout(ready);
+        if (keep_only(&fds, CLOSE_RANGE_CLOEXEC) < 0) {
+            if (errno == EINVAL) /* before Linux 5.11 */
+                child_needs_timeout(ready);
+            child_failed(ready, STEP_CLOSE_FDS);
+        }
+    } else if (keep_only(&fds, 0) < 0) {
+        child_failed(ready, STEP_CLOSE_FDS);
+    }
     phase_done(start, PU_PHASE_IDENTITY);
     /* Before any mount: with / shared (every systemd host) a mount or unmount here would
      * otherwise propagate back to the host. */
@@ -773,8 +841,8 @@ __attribute__((noreturn)) static void become_init(struct child_start *start)
     if (chdir("/") < 0)
         child_failed(ready, STEP_CHDIR);
     if (start->listen_path)
-        fds.listener = listen_for_joiners(start->listen_path, ready);
-    arrange_fds(&fds);
+        fds.listener = listen_for_joiners(&start->listen_address, ready);
+    arrange_fds(&fds, start->suspended);
     phase_done(start, PU_PHASE_DESCRIPTORS);
     drop_privileges(PU_INIT_READY_FD);
     phase_done(start, PU_PHASE_PRIVILEGES);
@@ -801,9 +869,10 @@ static int await_ready(int ready_fd, int suspended, struct pu_failure *why)
     ssize_t got;
 
     if (wait_readable(ready_fd, READY_TIMEOUT_MS) < 0) {
-        /* Unsuspended, the child was walking to procfs mounts to cover: a walk a user can stall
-         * (their FUSE daemon stopped), so no more onerr's to decide than a hidden procfs is. */
-        if (errno == ETIMEDOUT && !suspended)
+        /* A user can stall what the child or the init-to-be waits on: the walk to a procfs
+         * below their FUSE mount, or the close of a FUSE file they gave su as a descriptor
+         * (FLUSH to a daemon they stopped). No more onerr's to decide than a hidden procfs is. */
+        if (errno == ETIMEDOUT)
             return refuse(why, "waiting for the session init to start", errno);
         return fail(why, "waiting for the session init to start", errno);
     }
@@ -814,9 +883,12 @@ static int await_ready(int ready_fd, int suspended, struct pu_failure *why)
         return 0;
     if (got == (ssize_t)sizeof report && report.step == CHILD_NEEDS_TIMEOUT && suspended)
         return 1;
-    /* Covering it is impossible, and a user may have hidden it on purpose (their FUSE mount over
-     * a directory above it): whatever onerr says, no session goes without it covered. */
-    if (got == (ssize_t)sizeof report && report.step == STEP_PROCFS_HIDDEN)
+    /* A procfs to cover that cannot be covered, or the table of mounts that cannot be read
+     * whole: a user may have arranged it (their FUSE mount over a directory above a procfs, a
+     * mount point buried past what the buffers hold), so whatever onerr says, no session goes
+     * without every procfs covered. */
+    if (got == (ssize_t)sizeof report &&
+        (report.step == STEP_PROCFS_HIDDEN || report.step == STEP_COVER_PROCFS))
         return refuse(why, CHILD_STEP_NAMES[report.step], report.err);
     if (got == (ssize_t)sizeof report && report.step >= 0 && report.step < STEP_COUNT)
         return fail(why, CHILD_STEP_NAMES[report.step], report.err);
@@ -991,6 +1063,8 @@ static int try_start(const struct pu_options *opts, const char *listen_path, int
     start.fds = (struct init_fds){.lifeline = lifeline_read, .ready = ready_write, .listener = -1,
                                   .program = -1, .slot = slot};
     start.listen_path = listen_path;
+    if (listen_path)
+        socket_address(&start.listen_address, listen_path);
     start.suspended = suspended;
     snprintf(start.max_joined, sizeof start.max_joined, "%d",
              opts->max_sessions > 0 ? opts->max_sessions : PU_INIT_MAX_JOINED);
@@ -1010,6 +1084,10 @@ static int try_start(const struct pu_options *opts, const char *listen_path, int
     pid = clone_init(&start, stack.base, stack.size, &pidfd);
     if (pid < 0) {
         child_stack_unmap(&stack);
+        /* EAGAIN: a pids limit of the caller's cgroup, which the user sets where systemd
+         * delegates it (su from a terminal of the user's own manager). */
+        if (errno == EAGAIN)
+            return refuse(why, "creating the PID and mount namespaces", errno);
         return fail(why, "creating the PID and mount namespaces", errno);
     }
     cloned = monotonic_us();

@@ -8,7 +8,7 @@
  *   PU_FAULT="NAME[=ARG][@ROLE]:N:ACTION[,...]"   or the same text in $PU_FAULT_DIR/spec
  *     NAME    a wrapped function (mount, pipe2, prctl, ...) or a system call the module makes
  *             through syscall(2): close_range, execveat, listmount, pidfd_open,
- *             pidfd_send_signal, statmount
+ *             pidfd_send_signal, setgroups, setresgid, setresuid, statmount
  *     ARG     only calls whose first "selector" argument equals ARG count: the option of prctl,
  *             the command of fcntl (e.g. prctl=38 is PR_SET_NO_NEW_PRIVS, fcntl=1033 F_ADD_SEALS)
  *     ROLE    caller: only calls in the calling process; init: only in the clone child (its
@@ -403,6 +403,16 @@ long syscall(long number, ...)
         a[i] = va_arg(ap, long);
     va_end(ap);
     switch (number) {
+    /* The module sets ids with raw system calls (glibc's wrappers broadcast to threads). */
+#ifdef SYS_setresuid32
+    case SYS_setresuid32: name = "setresuid"; break;
+    case SYS_setresgid32: name = "setresgid"; break;
+    case SYS_setgroups32: name = "setgroups"; break;
+#else
+    case SYS_setresuid: name = "setresuid"; break;
+    case SYS_setresgid: name = "setresgid"; break;
+    case SYS_setgroups: name = "setgroups"; break;
+#endif
     case 457: name = "statmount"; break; /* SYS_statmount, newer than some build hosts' headers */
     case 458: name = "listmount"; break;
     case SYS_close_range: name = "close_range"; break;

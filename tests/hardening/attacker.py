@@ -17,9 +17,10 @@ from typing import Iterator, List, Sequence
 from conftest import PamSandbox
 from pam_unshare_testsupport import devlog
 
-from pam_unshare import pamd, proc, sessions
+from pam_unshare import linux, pamd, proc, sessions
 
 SUDOERS_DIR = "/etc/sudoers.d"
+FUSE_MAJOR, FUSE_MINOR = 10, 229
 
 
 def module_lines_since(pam_sandbox: PamSandbox, mark: int, settle: float = 0.3) -> List[str]:
@@ -147,3 +148,18 @@ def release(process: subprocess.Popen) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+
+
+@contextlib.contextmanager
+def fuse_for_users() -> Iterator[None]:
+    """/dev/fuse open to every user, as Debian's fuse3 makes it with udev, in this test's private
+    mount namespace only (the machine's node stays as it is)."""
+    with tempfile.TemporaryDirectory(prefix="pu-fuse-dev-") as directory:
+        node = Path(directory) / "fuse"
+        os.mknod(node, 0o666 | 0o020000, os.makedev(FUSE_MAJOR, FUSE_MINOR))
+        os.chmod(node, 0o666)
+        linux.bind(str(node), "/dev/fuse")
+        try:
+            yield
+        finally:
+            subprocess.run(["umount", "/dev/fuse"], check=True)

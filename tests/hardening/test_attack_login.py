@@ -19,6 +19,7 @@ from conftest import require_tools
 
 from hardening.attacker import (
     as_user,
+    fuse_for_users,
     init_of_user,
     module_lines_since,
     release,
@@ -303,3 +304,91 @@ def test_the_user_cannot_kill_the_init_to_be_into_a_session_without_namespace(pa
     assert tally["hits"] > 0, f"the attack never reached a process: {tally}"
     assert tally["outside"] == 0, f"sessions ran without a namespace: {tally}"
     assert tally["namespaced"] > 0, tally
+
+
+# ---- the caller's cgroup, and the caller's descriptors ---------------------------------------
+
+PIDS = Path("/sys/fs/cgroup/pids")
+
+
+def test_a_pids_limit_of_the_callers_cgroup_refuses_the_session(pam_sandbox, users):
+    """Where systemd delegates the pids controller to user@UID.service, everything a user
+    starts from their manager (a desktop terminal, systemd-run --user) lives in a cgroup the
+    user writes. There the user sets pids.max and runs su: the module's clone fails (EAGAIN).
+    Before: a plain failure, which onerr=succeed turned into a session without a namespace (4 of
+    30 logins). Here, on cgroup v1, root hands a pids cgroup's files to the user, which is what
+    delegation does."""
+    require_tools("sh")
+    assert PIDS.is_dir(), "the pids controller (cgroup v1) is not mounted here"
+    uid = pam_sandbox.uids[users.alice]
+    group = PIDS / f"pu-attack-{os.getpid()}"
+    group.mkdir()
+    try:
+        for name in ("cgroup.procs", "pids.max", "tasks"):
+            os.chown(group / name, uid, uid)
+        mark = pam_sandbox.syslog.mark()
+        with pam_sandbox.options("onerr=succeed"), su_for_users(pam_sandbox):
+            script = (f"( while :; do echo 1 > {group}/pids.max; echo max > {group}/pids.max; "
+                      f"done ) & toggler=$!; for i in $(seq 30); do "
+                      f"sh -c 'echo $$ > {group}/cgroup.procs; exec su {users.alice} -c "
+                      f"\"cat /proc/1/comm\"' 2>/dev/null; done; kill $toggler")
+            result = run_as(uid, script)
+        lines = module_lines_since(pam_sandbox, mark)
+    finally:
+        for pid in (group / "cgroup.procs").read_text().split():
+            with open(PIDS / "cgroup.procs", "w") as root_group:
+                root_group.write(pid)
+        group.rmdir()
+    outside = [line for line in result.stdout.splitlines() if line != proc.INIT_COMM]
+    assert outside == [], (result.stdout, lines)
+    refused = [line for line in lines if "creating the PID and mount namespaces" in line]
+    assert refused, f"the limit never reached the module's clone: {lines}"
+    assert all("onerr does not apply" in line for line in refused), refused
+
+
+def test_a_users_fuse_file_as_sus_stdin_cannot_hold_the_login(pam_sandbox, users):
+    """The user opens su's stdin on a file of their own FUSE mount and stops its daemon: whoever
+    closes that file waits for the daemon (FLUSH), uninterruptibly; su itself will, at its exit.
+    The clone child, while su is suspended, must not close it: it starts again unsuspended, where
+    su's timeouts apply, and the module refuses the login within them, with su the user's again
+    (its real uid back, for the user to signal). Before: the suspended child closed it and
+    blocked, su stayed in the clone for as long as the daemon stayed stopped, with real uid 0,
+    and the module never got to say anything."""
+    uid = pam_sandbox.uids[users.alice]
+    arena = Path(tempfile.mkdtemp(prefix="pu-attack-flush-"))
+    os.chmod(arena, 0o755)
+    source, point = arena / "source", arena / "point"
+    for directory in (source, point):
+        directory.mkdir()
+        os.chown(directory, uid, uid)
+    (source / "f").write_text("x\n")
+    os.chown(source / "f", uid, uid)
+    with fuse_for_users():
+        mounted = run_as(uid, f"bindfs --no-allow-other {source} {point}")
+        assert mounted.returncode == 0, mounted.stderr
+        daemon = next(p.pid for p in proc.processes()
+                      if p.uid == uid and p.comm == "bindfs" and str(point) in p.argv)
+        try:
+            mark = pam_sandbox.syslog.mark()
+            with pam_sandbox.options("onerr=succeed"), su_for_users(pam_sandbox):
+                login = subprocess.Popen(
+                    as_user(uid, f"exec 3<{point}/f; kill -STOP {daemon}; "
+                                 f"exec su {users.alice} -c 'cat /proc/1/comm' <&3"),
+                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/")
+                try:
+                    lines = wait_for(lambda: module_lines_since(pam_sandbox, mark, settle=0),
+                                     timeout=45, what="the module's line while the daemon stops")
+                    real_uid = proc.status_fields(login.pid).get("Uid", "").split()[:1]
+                finally:
+                    os.kill(daemon, signal.SIGCONT)
+                    out, _ = login.communicate(timeout=60)
+        finally:
+            os.kill(daemon, signal.SIGCONT)
+            subprocess.run(["umount", "-l", str(point)], capture_output=True, check=False)
+            os.kill(daemon, signal.SIGKILL)
+            subprocess.run(["rm", "-rf", str(arena)], check=False)
+    assert real_uid == [str(uid)], f"su's real uid while the login is refused: {real_uid}"
+    assert out.strip() in ("", proc.INIT_COMM), (out, lines)
+    assert login.returncode != 0, (out, lines)
+    assert len(lines) == 1 and "waiting for the session init to start" in lines[0], lines
+    assert "onerr does not apply" in lines[0], lines
