@@ -204,6 +204,8 @@ def main(argv: List[str] | None = None) -> int:
                         help=f"comma-separated subset of {','.join(PARTS)}")
     parser.add_argument("--seed", type=int, default=6, help="seed of the round order")
     args = parser.parse_args(argv)
+    # The sandbox moves this process to / (pam_unshare.sandbox): a relative --out means here.
+    args.out = args.out.resolve()
     parts = [part for part in args.parts.split(",") if part]
     unknown = set(parts) - set(PARTS)
     if unknown:
