@@ -16,6 +16,7 @@ from __future__ import annotations
 import ctypes
 import os
 import re
+import stat
 import subprocess
 import sys
 import time
@@ -29,6 +30,7 @@ MNT_DETACH = 2
 SYSLOG_LINE = re.compile(r"^<(\d+)>")
 # Prefix of a command line: the program gets SIGKILL when its parent dies, even by SIGKILL.
 DIE_WITH_PARENT = ["setpriv", "--pdeathsig", "KILL", "--"]
+PTMX_MAJOR, PTMX_MINOR = 5, 2
 # few_mounts: what su, sudo and sshd open.
 DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
 DIRECTORIES = ("pts", "shm", "mqueue")
@@ -56,8 +58,11 @@ def _private_dev(workdir: Path, few_mounts: bool) -> None:
         if entry.name == "log" or few_mounts and entry.name not in wanted:
             continue
         if entry.name == "ptmx":
-            # A bind-mounted ptmx cannot find its devpts; the devpts' own ptmx can.
-            os.symlink("pts/ptmx", target)
+            # A bind-mounted ptmx cannot find its devpts; a node of this /dev finds the one bound
+            # at /dev/pts. Not a symlink to pts/ptmx: that node is mode 000 where devpts has no
+            # ptmxmode, and only root could open a pty (QEMU under libvirt could not).
+            os.mknod(target, 0o666 | stat.S_IFCHR, os.makedev(PTMX_MAJOR, PTMX_MINOR))
+            os.chmod(target, 0o666)
         elif entry.is_symlink():
             os.symlink(os.readlink(entry.path), target)
         elif entry.is_dir(follow_symlinks=False):
