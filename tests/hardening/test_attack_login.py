@@ -293,17 +293,24 @@ def test_the_user_cannot_kill_the_init_to_be_into_a_session_without_namespace(pa
     """su runs setuid from the user's shell, so its real uid is the user's, and a child born
     with it may be signalled by the user until it takes uid 0. Killed there, the init-to-be
     is a failure that onerr=succeed turns into a session without a namespace: the user's choice
-    deciding isolation. Here the user kills every process just above su's, in 150 logins,
-    with the CPUs kept busy so that the child waits to run; the child must be out of reach."""
+    deciding isolation. Here the user kills every child of su until one of them is the
+    session's init, in 150 logins, with the CPUs kept busy so that the child waits to run; the
+    child must be out of reach."""
     uid = pam_sandbox.uids[users.alice]
     with pam_sandbox.options("onerr=succeed"), su_for_users(pam_sandbox):
         result = run_as(uid, f"python3 -P {shlex.quote(str(KILLER))} "
                              f"150 {users.alice} {proc.INIT_COMM}", timeout=600)
+        # How many logins the spray lets through depends on the machine's load (killing su's
+        # own child before it takes the user's ids fails a login, module or not); that the
+        # module still namespaces a login is shown by one without the spray.
+        calm = run_as(uid, f"su {users.alice} -c {shlex.quote(PID1_COMM)}", timeout=60)
     assert result.returncode == 0, result.stderr
     tally = json.loads(result.stdout.splitlines()[-1])
-    assert tally["hits"] > 0, f"the attack never reached a process: {tally}"
+    print(tally)
+    assert tally["windows"] > 0, f"the attack never saw an init-to-be: {tally}"
     assert tally["outside"] == 0, f"sessions ran without a namespace: {tally}"
-    assert tally["namespaced"] > 0, tally
+    assert tally["namespaced"] + tally["refused"] == 150, tally
+    assert calm.stdout.strip() == proc.INIT_COMM, (calm.stdout, calm.stderr)
 
 
 # ---- the caller's cgroup, and the caller's descriptors ---------------------------------------
