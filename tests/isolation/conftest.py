@@ -1,6 +1,7 @@
-"""The isolation suite runs against every testinfra host given with --hosts (default:
-local:// and ssh://pu-container, see tests/conftest.py). The suite's own hosts (pu-container,
-pu-vm: hosts/tiers.py) are booted the first time a test needs them and stopped at the end."""
+"""The isolation suite runs against every testinfra host given with --hosts (default: this
+machine, the containers and the Vagrant box, see tests/conftest.py). The suite's own hosts
+(hosts/tiers.py) are booted the first time a test needs them and stopped after the last
+isolation test."""
 
 from __future__ import annotations
 
@@ -127,7 +128,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
         items[:] = kept
 
 
-@pytest.fixture(scope="session")
+# Package scope: the hosts stop when the last isolation test has run, so that later tests (the
+# Vagrant tier's own failure tests, which start a libvirtd of their own) find the machine clear,
+# and the memory of a VM is free for the rest of the run.
+@pytest.fixture(scope="package")
 def tiers(pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathFactory
           ) -> Iterator[Tiers]:
     registry = Tiers(pytestconfig, tmp_path_factory.mktemp("tiers"))
@@ -137,7 +141,7 @@ def tiers(pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathFactory
         registry.stop()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def remote_targets() -> Iterator[Dict[str, RemoteTarget]]:
     made: Dict[str, RemoteTarget] = {}
     try:
