@@ -894,7 +894,10 @@ static int await_ready(int ready_fd, int suspended, struct pu_failure *why)
         return fail(why, CHILD_STEP_NAMES[report.step], report.err);
     if (got < 0)
         return fail(why, "reading the session init's ready signal", errno);
-    return fail(why, "starting the session init (it exited before it was ready)", ECHILD);
+    /* Dead without a word: killed, since every failure it sees it reports. The user cannot
+     * signal it (it is uid 0 from birth), but the kernel kills on the user's behalf: the OOM
+     * killer in a memory cgroup the user controls. No more onerr's to decide than ENOMEM is. */
+    return refuse(why, "starting the session init (it exited before it was ready)", ECHILD);
 }
 
 static int child_main(void *start)

@@ -2,6 +2,7 @@
 #ifndef PAM_UNSHARE_NAMESPACE_H
 #define PAM_UNSHARE_NAMESPACE_H
 
+#include <errno.h>
 #include <stddef.h>
 #include <sys/types.h>
 
@@ -11,15 +12,38 @@
 struct pu_failure {
     const char *step;
     int err;
-    /* The user caused it (their own resource limits): refused even under onerr=succeed, so that
-     * no choice of the user's can decide that a session runs without a namespace. */
+    /* The user can cause it (a resource ran out, a procfs that cannot be covered, max_sessions):
+     * refused even under onerr=succeed, so that no choice of the user's can decide that a
+     * session runs without a namespace. */
     int refuse_always;
 };
 
-/* The one way to say what failed: STEP and ERR, for onerr to decide. */
+/* A resource ran out. A user can run one out on purpose (their rlimits, which setuid su and sudo
+ * inherit; a memory or pids limit in a cgroup that systemd delegates to them; their own processes
+ * filling the system), so onerr never decides these: with onerr=succeed, the user could choose
+ * when a session runs without a namespace. onerr is for what says the machine cannot isolate
+ * (EPERM, ENOSYS, EINVAL: a container without the capability, a kernel without namespaces). */
+static inline int pu_resource_ran_out(int err)
+{
+    switch (err) {
+    case ENOMEM:
+    case EAGAIN:
+    case ENOSPC:
+    case EDQUOT:
+    case EMFILE:
+    case ENFILE:
+    case EUSERS:
+    case ETIMEDOUT:
+        return 1;
+    default:
+        return 0;
+    }
+}
+
+/* The one way to say what failed: STEP and ERR, for onerr to decide unless a resource ran out. */
 static inline struct pu_failure pu_failure_of(const char *step, int err)
 {
-    return (struct pu_failure){.step = step, .err = err, .refuse_always = 0};
+    return (struct pu_failure){.step = step, .err = err, .refuse_always = pu_resource_ran_out(err)};
 }
 
 /* The clone child's phases, timed for the debug line (pu_session_timing). */

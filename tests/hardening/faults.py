@@ -12,8 +12,10 @@ Outcomes:
             is namespaced and nothing is logged
   CLOSE     the failure happens at session close: the session ran namespaced, one line says
             what failed at close, and the lifeline still ends the namespace
-  REFUSED   refused under onerr=succeed too: covering a procfs is impossible (hidden, or its walk
-            stalled), which a user can bring about; one line says so
+  REFUSED   refused under onerr=succeed too, because a user can bring it about: a resource ran
+            out (ENOMEM, EAGAIN, ENOSPC, EMFILE, ETIMEDOUT...: their rlimits, a cgroup limit
+            delegated to them), the init-to-be was killed, or covering a procfs is impossible
+            (hidden, or its walk stalled); one line says so
 """
 
 from __future__ import annotations
@@ -92,24 +94,24 @@ STEPS: List[Step] = [
     Step("pam-user", "pam_get_item:1:EINVAL", "reading PAM_USER (no user is set)",
          user_known=False),
     Step("session-state-alloc", "calloc:1:ENOMEM", "allocating the session state",
-         errno_name="ENOMEM"),
+         errno_name="ENOMEM", outcome=REFUSED),
     Step("session-state-pam-set-data", "pam_set_data:1:ENOMEM",
-         "storing the session state (pam_set_data)"),
+         "storing the session state (pam_set_data)", outcome=REFUSED),
     Step("group-lookup-user", "getpwnam_r:1:EIO",
          "looking up the user for group exemptions", options=("exempt_groups=pu_exempt",)),
     Step("group-list-alloc", "calloc:1:ENOMEM", "allocating the user's group list",
-         options=("exempt_groups=pu_exempt",)),
+         options=("exempt_groups=pu_exempt",), outcome=REFUSED),
     Step("group-list", "getgrouplist:1:EIO", "looking up the user's groups",
          errno_name="EOVERFLOW", options=("exempt_groups=pu_exempt",)),
     Step("group-lookup-group", "getgrnam_r:1:EIO",
          "looking up a group named in the options", options=("exempt_groups=pu_exempt",)),
     Step("uid-lookup", "getpwnam_r:1:EIO", "looking up the user's uid"),
-    Step("quota-open", "openat:1:EMFILE", "opening the session quota of the user"),
+    Step("quota-open", "openat:1:EMFILE", "opening the session quota of the user", outcome=REFUSED),
     Step("quota-slot", f"fcntl={F_OFD_SETLK}:1:ENOLCK",
          "taking a slot of the user's session quota"),
-    Step("lifeline-pipe", "pipe2:1:EMFILE", "creating the session lifeline pipe"),
-    Step("ready-pipe", "pipe2:2:EMFILE", "creating the session ready pipe"),
-    Step("stack-map", "mmap:1:ENOMEM", "mapping the stack of the clone child"),
+    Step("lifeline-pipe", "pipe2:1:EMFILE", "creating the session lifeline pipe", outcome=REFUSED),
+    Step("ready-pipe", "pipe2:2:EMFILE", "creating the session ready pipe", outcome=REFUSED),
+    Step("stack-map", "mmap:1:ENOMEM", "mapping the stack of the clone child", outcome=REFUSED),
     Step("stack-guard", "mprotect:1:EACCES", "mapping the stack of the clone child"),
     Step("clone", "clone:1:EPERM", "creating the PID and mount namespaces"),
     # A pids limit of the caller's cgroup, which the user sets where systemd delegates it.
@@ -143,9 +145,10 @@ STEPS: List[Step] = [
     Step("cover-procfs-read-eintr", "listmount:1:ENOSYS,read@init:1:EINTR", "",
          outcome=RECOVERS, where="child"),
     Step("memfd", "memfd_create:1:EMFILE", "creating the memfd for the session init",
-         where="child"),
+         where="child", outcome=REFUSED),
     Step("memfd-no-mfd-exec", "memfd_create:1:EINVAL", "", outcome=RECOVERS, where="child"),
-    Step("memfd-write", "write:1:ENOSPC", "writing the session init", where="child"),
+    Step("memfd-write", "write:1:ENOSPC", "writing the session init", where="child",
+         outcome=REFUSED),
     Step("memfd-write-eintr", "write:1:EINTR", "", outcome=RECOVERS, where="child"),
     Step("memfd-seal", f"fcntl={F_ADD_SEALS}:1:EPERM", "sealing the session init",
          where="child"),
@@ -154,12 +157,12 @@ STEPS: List[Step] = [
     # Suspended, the child marks the caller's descriptors close-on-exec (Linux 5.11); where the
     # kernel knows no such flag it starts again unsuspended, which closes them.
     Step("close-range", "close_range:1:ENOMEM",
-         "closing inherited descriptors in the session init", where="child"),
+         "closing inherited descriptors in the session init", where="child", outcome=REFUSED),
     Step("close-range-cloexec-unknown", "close_range:1:EINVAL", "", outcome=RECOVERS,
          where="child"),
     Step("dup3", "dup3:1:EBADF", "passing descriptors to the session init", where="child"),
     Step("close-range-high", "close_range:2:ENOMEM",
-         "closing inherited descriptors in the session init", where="child"),
+         "closing inherited descriptors in the session init", where="child", outcome=REFUSED),
     Step("setgroups", "setgroups:1:EPERM", "dropping supplementary groups of the session init",
          where="child"),
     Step("securebits", f"prctl={PR_SET_SECUREBITS}:1:EPERM",
@@ -173,7 +176,7 @@ STEPS: List[Step] = [
     Step("execveat", "execveat:1:ENOEXEC", "executing the session init", where="child"),
     Step("init-dies-before-ready", f"prctl={PR_SET_NO_NEW_PRIVS}:1:KILL",
          "starting the session init (it exited before it was ready)", errno_name="ECHILD",
-         where="child"),
+         where="child", outcome=REFUSED),
     # A hang is possible only where the child walks paths (procfs mounts to cover); elsewhere the
     # caller is suspended during the child's work (CLONE_VFORK) and nothing there can block.
     # The child that walks to procfs mounts is not suspended (see other_procfs): its timeout, and
@@ -186,7 +189,7 @@ STEPS: List[Step] = [
          "covering a procfs mount hidden under another mount", outcome=REFUSED, where="child",
          other_procfs=True),
     # ---- the caller, waiting and joining
-    Step("ready-poll", "poll:1:ENOMEM", "waiting for the session init to start"),
+    Step("ready-poll", "poll:1:ENOMEM", "waiting for the session init to start", outcome=REFUSED),
     Step("ready-poll-eintr", "poll:1:EINTR", "", outcome=RECOVERS),
     Step("ready-read", "read@caller:1:EIO", "reading the session init's ready signal"),
     Step("ready-read-eintr", "read@caller:1:EINTR", "", outcome=RECOVERS),
@@ -197,20 +200,21 @@ STEPS: List[Step] = [
     # ---- scope=user: finding or making the user's namespace
     Step("user-uid-lookup", "getpwnam_r:1:EIO", "looking up the user's uid", options=USER),
     Step("user-state-dir-mkdir", "mkdir:1:EACCES", "creating /run/pam_unshare", options=USER),
-    Step("user-state-dir-open", "open:1:EMFILE", "opening /run/pam_unshare", options=USER),
+    Step("user-state-dir-open", "open:1:EMFILE", "opening /run/pam_unshare", options=USER,
+         outcome=REFUSED),
     Step("user-state-dir-check", "fstat:1:EIO", "checking that /run/pam_unshare is root-only",
          errno_name="EPERM", options=USER),
     Step("user-lock-open", "openat:1:EMFILE", "opening the lock of the user's namespace",
-         options=USER),
+         options=USER, outcome=REFUSED),
     Step("user-lock", "flock:1:ENOLCK", "locking the user's namespace", options=USER),
     Step("user-join-socket", "socket:1:EMFILE", "creating a socket to join the user's namespace",
-         options=USER),
+         options=USER, outcome=REFUSED),
     Step("user-join-connect", "connect:1:EACCES", "connecting to the user's namespace",
          options=USER),
     Step("user-stale-socket", "unlinkat:1:EACCES",
          "removing the stale socket of the user's namespace", options=USER),
     Step("user-listen-socket", "socket:2:EMFILE", "creating the socket of the user's namespace",
-         options=USER, where="child"),
+         options=USER, where="child", outcome=REFUSED),
     Step("user-listen-bind", "bind:1:EADDRINUSE", "creating the socket of the user's namespace",
          options=USER, where="child"),
     Step("user-listen-listen", "listen:1:EINVAL", "creating the socket of the user's namespace",
@@ -218,17 +222,17 @@ STEPS: List[Step] = [
     # ---- scope=user: joining a namespace that runs
     Step("user-join-wait", "poll:1:ENOMEM",
          "waiting for the user's namespace to accept the session", options=USER,
-         needs_namespace=True),
+         needs_namespace=True, outcome=REFUSED),
     Step("user-join-answer", "read:1:EIO", "reading the answer of the user's namespace",
          options=USER, needs_namespace=True),
     Step("user-join-peercred", "getsockopt:1:EPERM",
          "checking who answers on the user's namespace socket", options=USER,
          needs_namespace=True),
     Step("user-join-pidfd", "pidfd_open:1:EMFILE", "taking a pidfd of the user's namespace init",
-         options=USER, needs_namespace=True),
+         options=USER, needs_namespace=True, outcome=REFUSED),
     Step("user-join-still-there", "poll:2:ENOMEM",
          "checking that the user's namespace init is still there", options=USER,
-         needs_namespace=True),
+         needs_namespace=True, outcome=REFUSED),
     Step("user-join-setns", "setns:1:EPERM", "joining the session's namespaces (setns)",
          options=USER, needs_namespace=True),
 ]

@@ -5,12 +5,14 @@ real uid on the session init, and long NSS entries. Each runs through real su or
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
 import signal
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -338,7 +340,7 @@ def test_a_pids_limit_of_the_callers_cgroup_refuses_the_session(pam_sandbox, use
             script = (f"( while :; do echo 1 > {group}/pids.max; echo max > {group}/pids.max; "
                       f"done ) & toggler=$!; for i in $(seq 30); do "
                       f"sh -c 'echo $$ > {group}/cgroup.procs; exec su {users.alice} -c "
-                      f"\"cat /proc/1/comm\"' 2>/dev/null; done; kill $toggler")
+                      f"\"cat /proc/1/comm\"' ; done; kill $toggler")
             result = run_as(uid, script)
         lines = module_lines_since(pam_sandbox, mark)
     finally:
@@ -350,6 +352,62 @@ def test_a_pids_limit_of_the_callers_cgroup_refuses_the_session(pam_sandbox, use
     assert outside == [], (result.stdout, lines)
     refused = [line for line in lines if "creating the PID and mount namespaces" in line]
     assert refused, f"the limit never reached the module's clone: {lines}"
+    assert all("onerr does not apply" in line for line in refused), refused
+
+
+MEMORY = Path("/sys/fs/cgroup/memory")
+SQUEEZE = Path(__file__).resolve().parent / "memcg_squeeze.py"
+
+
+def own_memory_cgroup() -> Path:
+    """This process's memory cgroup (v1), below which the user's group is made."""
+    for line in Path("/proc/self/cgroup").read_text().splitlines():
+        _, controllers, path = line.split(":", 2)
+        if "memory" in controllers.split(","):
+            return MEMORY / path.lstrip("/")
+    raise AssertionError("no memory cgroup (v1) in /proc/self/cgroup")
+
+
+def test_a_memory_limit_of_the_callers_cgroup_refuses_the_session(pam_sandbox, users):
+    """The memory controller delegated as the pids one above: the user holds their cgroup at
+    the memory it uses (memcg_squeeze.py) with the OOM killer off, so that the kernel's
+    allocations for the new namespaces fail with ENOMEM, and runs su 60 times. Before: a plain
+    failure, which onerr=succeed turned into a session without a namespace (the host's PID 1
+    read from a session in the first run). Every resource that runs out (ENOMEM, EAGAIN, EMFILE,
+    ...) is refused whatever onerr says. (su itself dies of SIGSEGV now and then under this
+    squeeze, with or without the module: those logins end, and count for nothing here.)"""
+    require_tools("sh", "timeout")
+    assert MEMORY.is_dir(), "the memory controller (cgroup v1) is not mounted here"
+    uid = pam_sandbox.uids[users.alice]
+    parent = own_memory_cgroup()
+    group = parent / f"pu-attack-{os.getpid()}"
+    group.mkdir()
+    try:
+        for name in ("cgroup.procs", "tasks", "memory.limit_in_bytes", "memory.oom_control"):
+            os.chown(group / name, uid, uid)
+        mark = pam_sandbox.syslog.mark()
+        with pam_sandbox.options("onerr=succeed"), su_for_users(pam_sandbox):
+            script = (f"python3 -P {shlex.quote(str(SQUEEZE))} {group} & squeeze=$!; "
+                      f"for i in $(seq 60); do timeout -s KILL 20 sh -c "
+                      f"'echo $$ > {group}/cgroup.procs; exec su {users.alice} -c "
+                      f"\"cat /proc/1/comm\"' 2>/dev/null; done 2>/dev/null; kill $squeeze")
+            result = run_as(uid, script, timeout=1800)
+        lines = module_lines_since(pam_sandbox, mark)
+    finally:
+        (group / "memory.limit_in_bytes").write_text("-1\n")  # wakes what waits for memory
+        for _ in range(100):
+            pids = (group / "cgroup.procs").read_text().split()
+            if not pids:
+                break
+            for pid in pids:
+                with contextlib.suppress(OSError), open(parent / "cgroup.procs", "w") as back:
+                    back.write(pid)
+            time.sleep(0.1)
+        group.rmdir()
+    outside = [line for line in result.stdout.splitlines() if line != proc.INIT_COMM]
+    assert outside == [], (result.stdout, lines)
+    refused = [line for line in lines if "Cannot allocate memory" in line]
+    assert refused, f"the limit never reached the module: {lines}"
     assert all("onerr does not apply" in line for line in refused), refused
 
 
