@@ -254,10 +254,12 @@ def fleet(deb: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet
             tier.stop()
 
 
-# The isolation suite across the fleet (about 5 minutes) runs on request: CI runs the same suite
-# on the three test hosts directly, and the role's own runs end with `pam-unshare verify`.
+# On request: the isolation suite across the fleet (about 5 minutes; CI runs the same suite on
+# the three test hosts directly, and the role's own runs end with `pam-unshare verify`), and
+# check mode with other options on one host (about 50 s; the disable test runs check mode too).
 FULL_ENV = "PU_FLEET_FULL"
-ON_REQUEST = ("test_isolation_suite_across_the_fleet",)
+ON_REQUEST = ("test_isolation_suite_across_the_fleet",
+              "test_check_diff_shows_other_options_and_changes_nothing")
 
 
 def pytest_collection_modifyitems(config, items) -> None:  # noqa: ANN001
