@@ -14,7 +14,7 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator, List, Sequence
 
 import pytest
 from conftest import require_tools
@@ -318,54 +318,83 @@ def test_the_user_cannot_kill_the_init_to_be_into_a_session_without_namespace(pa
 # ---- the caller's cgroup, and the caller's descriptors ---------------------------------------
 
 PIDS = Path("/sys/fs/cgroup/pids")
-
-
-def test_a_pids_limit_of_the_callers_cgroup_refuses_the_session(pam_sandbox, users):
-    """Where systemd delegates the pids controller to user@UID.service, everything a user
-    starts from their manager (a desktop terminal, systemd-run --user) lives in a cgroup the
-    user writes. There the user sets pids.max and runs su: the module's clone fails (EAGAIN).
-    Before: a plain failure, which onerr=succeed turned into a session without a namespace (4 of
-    30 logins). Here, on cgroup v1, root hands a pids cgroup's files to the user, which is what
-    delegation does."""
-    require_tools("sh")
-    assert PIDS.is_dir(), "the pids controller (cgroup v1) is not mounted here"
-    uid = pam_sandbox.uids[users.alice]
-    group = PIDS / f"pu-attack-{os.getpid()}"
-    group.mkdir()
-    try:
-        for name in ("cgroup.procs", "pids.max", "tasks"):
-            os.chown(group / name, uid, uid)
-        mark = pam_sandbox.syslog.mark()
-        with pam_sandbox.options("onerr=succeed"), su_for_users(pam_sandbox):
-            script = (f"( while :; do echo 1 > {group}/pids.max; echo max > {group}/pids.max; "
-                      f"done ) & toggler=$!; for i in $(seq 30); do "
-                      f"sh -c 'echo $$ > {group}/cgroup.procs; exec su {users.alice} -c "
-                      f"\"cat /proc/1/comm\"' ; done; kill $toggler")
-            result = run_as(uid, script)
-        lines = module_lines_since(pam_sandbox, mark)
-    finally:
-        for pid in (group / "cgroup.procs").read_text().split():
-            with open(PIDS / "cgroup.procs", "w") as root_group:
-                root_group.write(pid)
-        group.rmdir()
-    outside = [line for line in result.stdout.splitlines() if line != proc.INIT_COMM]
-    assert outside == [], (result.stdout, lines)
-    refused = [line for line in lines if "creating the PID and mount namespaces" in line]
-    assert refused, f"the limit never reached the module's clone: {lines}"
-    assert all("onerr does not apply" in line for line in refused), refused
-
-
 MEMORY = Path("/sys/fs/cgroup/memory")
 SQUEEZE = Path(__file__).resolve().parent / "memcg_squeeze.py"
 
 
-def own_memory_cgroup() -> Path:
-    """This process's memory cgroup (v1), below which the user's group is made."""
+def own_cgroup(hierarchy: Path) -> Path:
+    """This process's cgroup in the v1 HIERARCHY (its controller's directory)."""
     for line in Path("/proc/self/cgroup").read_text().splitlines():
         _, controllers, path = line.split(":", 2)
-        if "memory" in controllers.split(","):
-            return MEMORY / path.lstrip("/")
-    raise AssertionError("no memory cgroup (v1) in /proc/self/cgroup")
+        if hierarchy.name in controllers.split(","):
+            return hierarchy / path.lstrip("/")
+    raise AssertionError(f"no {hierarchy.name} cgroup (v1) in /proc/self/cgroup")
+
+
+@contextlib.contextmanager
+def delegated_cgroup(hierarchy: Path, uid: int, files: Sequence[str],
+                     release: Callable[[Path], None] = lambda group: None) -> Iterator[Path]:
+    """A cgroup below ours whose FILES (beyond cgroup.procs and tasks) belong to UID: what
+    systemd's delegation gives a user (user@UID.service and what their manager starts: a desktop
+    terminal, systemd-run --user), done by hand on cgroup v1. RELEASE(group) lets the processes
+    left in it go on before they are moved back and the group removed."""
+    assert hierarchy.is_dir(), f"the {hierarchy.name} controller (cgroup v1) is not mounted here"
+    parent = own_cgroup(hierarchy)
+    group = parent / f"pu-attack-{os.getpid()}"
+    group.mkdir()
+    try:
+        for name in ("cgroup.procs", "tasks", *files):
+            os.chown(group / name, uid, uid)
+        yield group
+    finally:
+        release(group)
+        for _ in range(100):
+            pids = (group / "cgroup.procs").read_text().split()
+            if not pids:
+                break
+            for pid in pids:
+                with contextlib.suppress(OSError), open(parent / "cgroup.procs", "w") as back:
+                    back.write(pid)
+            time.sleep(0.1)
+        group.rmdir()
+
+
+def su_loop_from(group: Path, user: str, count: int) -> str:
+    """Shell: COUNT logins of USER through su, each started from inside GROUP."""
+    return (f"for i in $(seq {count}); do timeout -s KILL 20 sh -c "
+            f"'echo $$ > {group}/cgroup.procs; exec su {user} -c \"cat /proc/1/comm\"' "
+            f"2>/dev/null; done 2>/dev/null")
+
+
+def assert_refused_never_outside(stdout: str, lines: List[str], logged: str) -> None:
+    """No login ran outside a namespace; the module met the failure (a line containing LOGGED)
+    and refused it whatever onerr says."""
+    outside = [line for line in stdout.splitlines() if line != proc.INIT_COMM]
+    assert outside == [], (stdout, lines)
+    refused = [line for line in lines if logged in line]
+    assert refused, f"the limit never reached the module: {lines}"
+    assert all("onerr does not apply" in line for line in refused), refused
+
+
+def test_a_pids_limit_of_the_callers_cgroup_refuses_the_session(pam_sandbox, users):
+    """Where systemd delegates the pids controller, the user sets pids.max in their cgroup and
+    runs su: the module's clone fails (EAGAIN). Before: a plain failure, which onerr=succeed
+    turned into a session without a namespace (4 of 30 logins)."""
+    require_tools("sh", "timeout")
+    uid = pam_sandbox.uids[users.alice]
+    with delegated_cgroup(PIDS, uid, ("pids.max",)) as group:
+        mark = pam_sandbox.syslog.mark()
+        with pam_sandbox.options("onerr=succeed"), su_for_users(pam_sandbox):
+            script = (f"( while :; do echo 1 > {group}/pids.max; echo max > {group}/pids.max; "
+                      f"done ) & toggler=$!; {su_loop_from(group, users.alice, 30)}; "
+                      f"kill $toggler")
+            result = run_as(uid, script)
+        lines = module_lines_since(pam_sandbox, mark)
+    assert_refused_never_outside(result.stdout, lines, "creating the PID and mount namespaces")
+
+
+def lift_memory_limit(group: Path) -> None:
+    (group / "memory.limit_in_bytes").write_text("-1\n")  # wakes what waits for memory
 
 
 def test_a_memory_limit_of_the_callers_cgroup_refuses_the_session(pam_sandbox, users):
@@ -377,38 +406,16 @@ def test_a_memory_limit_of_the_callers_cgroup_refuses_the_session(pam_sandbox, u
     ...) is refused whatever onerr says. (su itself dies of SIGSEGV now and then under this
     squeeze, with or without the module: those logins end, and count for nothing here.)"""
     require_tools("sh", "timeout")
-    assert MEMORY.is_dir(), "the memory controller (cgroup v1) is not mounted here"
     uid = pam_sandbox.uids[users.alice]
-    parent = own_memory_cgroup()
-    group = parent / f"pu-attack-{os.getpid()}"
-    group.mkdir()
-    try:
-        for name in ("cgroup.procs", "tasks", "memory.limit_in_bytes", "memory.oom_control"):
-            os.chown(group / name, uid, uid)
+    with delegated_cgroup(MEMORY, uid, ("memory.limit_in_bytes", "memory.oom_control"),
+                          release=lift_memory_limit) as group:
         mark = pam_sandbox.syslog.mark()
         with pam_sandbox.options("onerr=succeed"), su_for_users(pam_sandbox):
             script = (f"python3 -P {shlex.quote(str(SQUEEZE))} {group} & squeeze=$!; "
-                      f"for i in $(seq 60); do timeout -s KILL 20 sh -c "
-                      f"'echo $$ > {group}/cgroup.procs; exec su {users.alice} -c "
-                      f"\"cat /proc/1/comm\"' 2>/dev/null; done 2>/dev/null; kill $squeeze")
+                      f"{su_loop_from(group, users.alice, 60)}; kill $squeeze")
             result = run_as(uid, script, timeout=1800)
         lines = module_lines_since(pam_sandbox, mark)
-    finally:
-        (group / "memory.limit_in_bytes").write_text("-1\n")  # wakes what waits for memory
-        for _ in range(100):
-            pids = (group / "cgroup.procs").read_text().split()
-            if not pids:
-                break
-            for pid in pids:
-                with contextlib.suppress(OSError), open(parent / "cgroup.procs", "w") as back:
-                    back.write(pid)
-            time.sleep(0.1)
-        group.rmdir()
-    outside = [line for line in result.stdout.splitlines() if line != proc.INIT_COMM]
-    assert outside == [], (result.stdout, lines)
-    refused = [line for line in lines if "Cannot allocate memory" in line]
-    assert refused, f"the limit never reached the module: {lines}"
-    assert all("onerr does not apply" in line for line in refused), refused
+    assert_refused_never_outside(result.stdout, lines, "Cannot allocate memory")
 
 
 def test_a_users_fuse_file_as_sus_stdin_cannot_hold_the_login(pam_sandbox, users):
