@@ -32,6 +32,9 @@ static inline int pu_resource_ran_out(int err)
     case EDQUOT:
     case EMFILE:
     case ENFILE:
+    case ENOBUFS:
+    case EFBIG: /* RLIMIT_FSIZE */
+    case E2BIG: /* the init's argv is a few bytes: exec says this when it found no memory */
     case EUSERS:
     case ETIMEDOUT:
         return 1;

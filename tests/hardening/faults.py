@@ -174,6 +174,9 @@ STEPS: List[Step] = [
     Step("no-new-privs", f"prctl={PR_SET_NO_NEW_PRIVS}:1:EPERM",
          "setting no_new_privs on the session init", where="child"),
     Step("execveat", "execveat:1:ENOEXEC", "executing the session init", where="child"),
+    # What exec says when it finds no memory for the arguments (a cgroup squeezed by its user).
+    Step("execveat-no-memory", "execveat:1:E2BIG", "executing the session init", where="child",
+         outcome=REFUSED),
     Step("init-dies-before-ready", f"prctl={PR_SET_NO_NEW_PRIVS}:1:KILL",
          "starting the session init (it exited before it was ready)", errno_name="ECHILD",
          where="child", outcome=REFUSED),
