@@ -97,8 +97,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
     - on a tier with behaviour_entries (the emulated VM), the logout, reaping and exemption
       tests of other entry paths, unless PU_ISOLATION_FULL=1 (every entry path still goes
       through every probe there);
-    - on emulated tiers (scale < 1), the tests a module lists in NATIVE_SPEED_ONLY, which would
-      cost minutes there and cover nothing the container does not."""
+    - on emulated tiers (scale < 1), unless PU_ISOLATION_FULL=1, the tests a module lists in
+      NATIVE_SPEED_ONLY, which would cost minutes there and cover nothing the container does
+      not."""
     full = os.environ.get(FULL_ENV) == "1"
     kept, dropped = [], []
     for item in items:
@@ -118,7 +119,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list) -> None:
                 and getattr(item, "originalname", "") in BEHAVIOUR_TESTS:
             dropped.append(item)
             continue
-        if getattr(item, "originalname", "") in only_native and tier is not None \
+        if not full and getattr(item, "originalname", "") in only_native and tier is not None \
                 and tier.scale < 1:
             dropped.append(item)
             continue

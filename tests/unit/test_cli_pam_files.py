@@ -61,6 +61,10 @@ def workdir() -> Iterator[Path]:
         subprocess.run(["rm", "-rf", "--one-file-system", str(directory)], check=True)
 
 
+# Each run is a CLI process (about 0.2 s); the racer wins the swap in a good part of them.
+RACE_RUNS = 100
+
+
 def race(workdir: Path, pam_dir: Path, module_path: Path, tries: int,
          user: int | None) -> List[subprocess.CompletedProcess]:
     """Runs `enable su` up to TRIES times while the racer (as USER) swaps su; stops at the first
@@ -114,10 +118,10 @@ def test_a_file_swapped_for_a_symlink_mid_run_is_never_written_through(workdir, 
     check before the rename are all that stands between the command and the target."""
     pam_dir = prepare(workdir, 0)
     started = time.monotonic()
-    runs = race(workdir, pam_dir, module_path, 200, None)
+    runs = race(workdir, pam_dir, module_path, RACE_RUNS, None)
     assert (workdir / "target").read_text() == TARGET, \
         f"root wrote the symlink's target on run {len(runs)}: {runs[-1]}"
-    assert len(runs) == 200
+    assert len(runs) == RACE_RUNS
     outcomes = {"written": 0, "link refused": 0, "swap noticed": 0}
     for run in runs:
         assert "Traceback" not in run.stderr and len(run.stderr.splitlines()) <= 1, run.stderr
@@ -129,7 +133,7 @@ def test_a_file_swapped_for_a_symlink_mid_run_is_never_written_through(workdir, 
             assert run.returncode == 1, run.stderr
             assert "su was replaced or changed while pam-unshare was editing it" in run.stderr
             outcomes["swap noticed"] += 1
-    print(f"200 runs in {time.monotonic() - started:.0f} s: {outcomes}")
+    print(f"{RACE_RUNS} runs in {time.monotonic() - started:.0f} s: {outcomes}")
     assert outcomes["link refused"] > 0  # the racer really did put the link in the way
 
 
