@@ -45,7 +45,7 @@ static int load_groups(const char *user, struct user_groups *groups, struct pu_f
     int count = 32;
 
     if (pu_lookup_user(user, &uid, &gid) < 0) {
-        *why = pu_failure_of("looking up the user for group exemptions", errno);
+        *why = pu_lookup_failed("looking up the user for group exemptions", errno);
         return -1;
     }
     for (;;) {
@@ -62,7 +62,7 @@ static int load_groups(const char *user, struct user_groups *groups, struct pu_f
         }
         free(gids);
         if (want <= count || want > 65536) {
-            *why = pu_failure_of("looking up the user's groups", EOVERFLOW);
+            *why = pu_lookup_failed("looking up the user's groups", EOVERFLOW);
             return -1;
         }
         count = want;
@@ -97,7 +97,9 @@ static int lookup_gid(const char *name, gid_t *gid)
 
 /* 1 when the user is in any group named in LIST, 0 when in none, -1 with *WHY set when a lookup
  * failed. A name that is no group matches nobody, unless UNKNOWN_FAILS: for only_groups a typo or
- * a directory outage would otherwise exempt everyone, so it is a failure that onerr decides. */
+ * a directory outage would otherwise exempt everyone, so it is a failure that onerr decides (an
+ * admin's typo and a group that cannot be read look the same here). A lookup that fails with an
+ * error is refused (pu_lookup_failed). */
 static int member_of_any(const struct user_groups *groups, const char *list, int unknown_fails,
                          struct pu_failure *why)
 {
@@ -107,7 +109,7 @@ static int member_of_any(const struct user_groups *groups, const char *list, int
         gid_t gid;
         int known = lookup_gid(name, &gid);
         if (known < 0) {
-            *why = pu_failure_of("looking up a group named in the options", errno);
+            *why = pu_lookup_failed("looking up a group named in the options", errno);
             return -1;
         }
         if (!known && unknown_fails) {

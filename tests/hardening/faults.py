@@ -14,7 +14,8 @@ Outcomes:
             what failed at close, and the lifeline still ends the namespace
   REFUSED   refused under onerr=succeed too, because a user can bring it about: a resource ran
             out (ENOMEM, EAGAIN, ENOSPC, EMFILE, ETIMEDOUT...: their rlimits, a cgroup limit
-            delegated to them), the init-to-be was killed, or covering a procfs is impossible
+            delegated to them), a lookup of the user or a group failed (a squeezed cgroup makes
+            NSS fail), the init-to-be was killed, or covering a procfs is impossible
             (hidden, or its walk stalled); one line says so
 """
 
@@ -98,14 +99,16 @@ STEPS: List[Step] = [
     Step("session-state-pam-set-data", "pam_set_data:1:ENOMEM",
          "storing the session state (pam_set_data)", outcome=REFUSED),
     Step("group-lookup-user", "getpwnam_r:1:EIO",
-         "looking up the user for group exemptions", options=("exempt_groups=pu_exempt",)),
+         "looking up the user for group exemptions", options=("exempt_groups=pu_exempt",),
+         outcome=REFUSED),
     Step("group-list-alloc", "calloc:1:ENOMEM", "allocating the user's group list",
          options=("exempt_groups=pu_exempt",), outcome=REFUSED),
     Step("group-list", "getgrouplist:1:EIO", "looking up the user's groups",
-         errno_name="EOVERFLOW", options=("exempt_groups=pu_exempt",)),
+         errno_name="EOVERFLOW", options=("exempt_groups=pu_exempt",), outcome=REFUSED),
     Step("group-lookup-group", "getgrnam_r:1:EIO",
-         "looking up a group named in the options", options=("exempt_groups=pu_exempt",)),
-    Step("uid-lookup", "getpwnam_r:1:EIO", "looking up the user's uid"),
+         "looking up a group named in the options", options=("exempt_groups=pu_exempt",),
+         outcome=REFUSED),
+    Step("uid-lookup", "getpwnam_r:1:EIO", "looking up the user's uid", outcome=REFUSED),
     Step("quota-open", "openat:1:EMFILE", "opening the session quota of the user", outcome=REFUSED),
     Step("quota-slot", f"fcntl={F_OFD_SETLK}:1:ENOLCK",
          "taking a slot of the user's session quota"),
@@ -201,7 +204,8 @@ STEPS: List[Step] = [
     Step("close-kill", "pidfd_send_signal:1:EPERM", "killing the session init (pidfd_send_signal)",
          outcome=CLOSE, options=("on_logout=kill",)),
     # ---- scope=user: finding or making the user's namespace
-    Step("user-uid-lookup", "getpwnam_r:1:EIO", "looking up the user's uid", options=USER),
+    Step("user-uid-lookup", "getpwnam_r:1:EIO", "looking up the user's uid", options=USER,
+         outcome=REFUSED),
     Step("user-state-dir-mkdir", "mkdir:1:EACCES", "creating /run/pam_unshare", options=USER),
     Step("user-state-dir-open", "open:1:EMFILE", "opening /run/pam_unshare", options=USER,
          outcome=REFUSED),
