@@ -12,6 +12,10 @@ struct user_groups {
     int count;
 };
 
+/* Its failures, and those of the group lookups below, are refused whatever onerr says
+ * (pu_refusal_of): the caller has just resolved this user to open the session, so a lookup that
+ * fails now is passing, and a user can make it fail (under a squeezed memory cgroup nss_files
+ * cannot open /etc/passwd, and getpwnam_r says "not found"). */
 int pu_lookup_user(const char *user, uid_t *uid, gid_t *gid)
 {
     /* Entries from LDAP or sssd can be long: grow the buffer rather than refuse the login. */
@@ -45,7 +49,7 @@ static int load_groups(const char *user, struct user_groups *groups, struct pu_f
     int count = 32;
 
     if (pu_lookup_user(user, &uid, &gid) < 0) {
-        *why = pu_lookup_failed("looking up the user for group exemptions", errno);
+        *why = pu_refusal_of("looking up the user for group exemptions", errno);
         return -1;
     }
     for (;;) {
@@ -62,7 +66,7 @@ static int load_groups(const char *user, struct user_groups *groups, struct pu_f
         }
         free(gids);
         if (want <= count || want > 65536) {
-            *why = pu_lookup_failed("looking up the user's groups", EOVERFLOW);
+            *why = pu_refusal_of("looking up the user's groups", EOVERFLOW);
             return -1;
         }
         count = want;
@@ -99,7 +103,7 @@ static int lookup_gid(const char *name, gid_t *gid)
  * failed. A name that is no group matches nobody, unless UNKNOWN_FAILS: for only_groups a typo or
  * a directory outage would otherwise exempt everyone, so it is a failure that onerr decides (an
  * admin's typo and a group that cannot be read look the same here). A lookup that fails with an
- * error is refused (pu_lookup_failed). */
+ * error is refused (pu_lookup_user). */
 static int member_of_any(const struct user_groups *groups, const char *list, int unknown_fails,
                          struct pu_failure *why)
 {
@@ -109,7 +113,7 @@ static int member_of_any(const struct user_groups *groups, const char *list, int
         gid_t gid;
         int known = lookup_gid(name, &gid);
         if (known < 0) {
-            *why = pu_lookup_failed("looking up a group named in the options", errno);
+            *why = pu_refusal_of("looking up a group named in the options", errno);
             return -1;
         }
         if (!known && unknown_fails) {

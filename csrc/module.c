@@ -75,7 +75,7 @@ static int start_or_join(const struct pu_options *opts, const char *user,
 
     if ((opts->scope == PU_SCOPE_USER || opts->max_sessions > 0) &&
         pu_lookup_user(user, &uid, &gid) < 0) {
-        *why = pu_lookup_failed("looking up the user's uid", errno);
+        *why = pu_refusal_of("looking up the user's uid", errno);
         return -1;
     }
     if (opts->scope == PU_SCOPE_SESSION)

@@ -192,8 +192,7 @@ static int fail(struct pu_failure *why, const char *step, int err)
 /* The same for what the user caused (see pu_failure.refuse_always): refused whatever onerr says. */
 static int refuse(struct pu_failure *why, const char *step, int err)
 {
-    *why = pu_failure_of(step, err);
-    why->refuse_always = 1;
+    *why = pu_refusal_of(step, err);
     return -1;
 }
 
@@ -871,9 +870,7 @@ static int await_ready(int ready_fd, int suspended, struct pu_failure *why)
     if (wait_readable(ready_fd, READY_TIMEOUT_MS) < 0) {
         /* A user can stall what the child or the init-to-be waits on: the walk to a procfs
          * below their FUSE mount, or the close of a FUSE file they gave su as a descriptor
-         * (FLUSH to a daemon they stopped). No more onerr's to decide than a hidden procfs is. */
-        if (errno == ETIMEDOUT)
-            return refuse(why, "waiting for the session init to start", errno);
+         * (FLUSH to a daemon they stopped). ETIMEDOUT is refused (pu_resource_ran_out). */
         return fail(why, "waiting for the session init to start", errno);
     }
     do {
@@ -1087,10 +1084,8 @@ static int try_start(const struct pu_options *opts, const char *listen_path, int
     pid = clone_init(&start, stack.base, stack.size, &pidfd);
     if (pid < 0) {
         child_stack_unmap(&stack);
-        /* EAGAIN: a pids limit of the caller's cgroup, which the user sets where systemd
-         * delegates it (su from a terminal of the user's own manager). */
-        if (errno == EAGAIN)
-            return refuse(why, "creating the PID and mount namespaces", errno);
+        /* EAGAIN (a pids limit of the caller's cgroup, which the user sets where systemd
+         * delegates it) and ENOMEM are refused (pu_resource_ran_out). */
         return fail(why, "creating the PID and mount namespaces", errno);
     }
     cloned = monotonic_us();

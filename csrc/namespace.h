@@ -49,11 +49,9 @@ static inline struct pu_failure pu_failure_of(const char *step, int err)
     return (struct pu_failure){.step = step, .err = err, .refuse_always = pu_resource_ran_out(err)};
 }
 
-/* A user or group lookup (NSS) in the session failed. The caller has just resolved this user to
- * open the session, so a lookup that fails now is passing, and a user can make it fail: under a
- * squeezed memory cgroup, nss_files cannot open /etc/passwd and getpwnam_r says "not found".
- * Refused whatever onerr says, like a resource that ran out. */
-static inline struct pu_failure pu_lookup_failed(const char *step, int err)
+/* What a user can cause beyond a resource that ran out (a procfs that cannot be covered,
+ * max_sessions, a lookup that fails: see pu_lookup_user): refused whatever onerr says. */
+static inline struct pu_failure pu_refusal_of(const char *step, int err)
 {
     struct pu_failure failure = pu_failure_of(step, err);
     failure.refuse_always = 1;
